@@ -1,0 +1,13 @@
+.PHONY: demo test bench setup
+
+setup:
+	bash scripts/setup.sh
+
+demo:
+	bash scripts/demo.sh
+
+test:
+	bash scripts/test.sh
+
+bench: setup
+	.venv/bin/python benchmarks/bench_mole_forward.py

@@ -1,0 +1,1 @@
+"""Conversions: PEFT LoRA adapters <-> MoLE-Llama checkpoints, and GGUF -> safetensors."""

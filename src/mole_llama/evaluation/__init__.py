@@ -1,0 +1,1 @@
+"""Evaluation (intelligibility, text retention, router accuracy) lands here (issue 5)."""

@@ -1,0 +1,119 @@
+"""MoLE-Llama configuration: a Llama config plus named LoRA experts and a per-layer router.
+
+This file is copied into saved model folders for `trust_remote_code=True`: it must import nothing from
+`mole_llama`, only from transformers and the standard library.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+ALL_LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+NO_EXPERT = "base"
+"""Routing name that switches every expert off: the model then computes exactly its base Llama."""
+
+
+@strict
+class MoLELlamaConfig(LlamaConfig):
+    r"""
+    Configuration of a [`MoLELlamaForCausalLM`]: a Llama backbone whose target projections carry several named
+    LoRA experts, mixed per token by a small router in each decoder layer (the MoLE-Llama of arXiv 2410.20336).
+
+    All [`LlamaConfig`] arguments are accepted; the extra ones are:
+
+    Args:
+        experts (`list[dict]`, *optional*):
+            One dict per expert, in gate order. Keys: `name` (required), `r` (LoRA rank, default `lora_r`),
+            `lora_alpha` (default `2 * r`), `lora_dropout` (default 0.0), `use_rslora` (default False, scaling
+            `alpha / sqrt(r)` instead of `alpha / r`), `target_modules` (default `target_modules`).
+            Defaults to two experts, `text` and `speech`.
+        lora_r (`int`, *optional*, defaults to 128):
+            Default rank of an expert that does not set `r` (the paper uses 128).
+        target_modules (`list[str]`, *optional*):
+            Default projections that carry experts; all attention and MLP projections when unset.
+        router_hidden_size (`int`, *optional*, defaults to 64):
+            Width of the router MLP's hidden layer.
+        router_top_k (`int`, *optional*):
+            Keep only the `k` largest expert weights per token (renormalised). `None` keeps all (softmax).
+        router_temperature (`float`, *optional*, defaults to 1.0):
+            Softmax temperature of the router; lower is sharper.
+        routing (`str`, *optional*):
+            `None` uses the learned router; an expert name forces that expert for every token; `"base"` turns all
+            experts off. Changed at run time with `set_routing`, and saved with the model.
+        base_model_name_or_path (`str`, *optional*):
+            Where the base Llama came from, recorded for model cards and for exporting experts back to PEFT.
+        base_vocab_size (`int`, *optional*):
+            Vocabulary size of that base before any tokens (e.g. speech units) were added.
+    """
+
+    model_type = "mole_llama"
+
+    experts: list | None = None
+    lora_r: int = 128
+    target_modules: list | None = None
+    router_hidden_size: int = 64
+    router_top_k: int | None = None
+    router_temperature: float = 1.0
+    routing: str | None = None
+    base_model_name_or_path: str | None = None
+    base_vocab_size: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.target_modules is None:
+            self.target_modules = list(ALL_LLAMA_PROJECTIONS)
+        if self.experts is None:
+            self.experts = [{"name": "text"}, {"name": "speech"}]
+        self.experts = [self._complete_expert(spec) for spec in self.experts]
+        if self.base_vocab_size is None:
+            self.base_vocab_size = self.vocab_size
+        self._check_experts_and_router()
+        super().__post_init__(**kwargs)
+
+    def _complete_expert(self, spec) -> dict:
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"each expert must be a dict with at least a 'name', got {spec!r}")
+        r = int(spec.get("r", self.lora_r))
+        return {
+            "name": str(spec["name"]),
+            "r": r,
+            "lora_alpha": float(spec.get("lora_alpha", 2 * r)),
+            "lora_dropout": float(spec.get("lora_dropout", 0.0)),
+            "use_rslora": bool(spec.get("use_rslora", False)),
+            "target_modules": list(spec.get("target_modules") or self.target_modules),
+        }
+
+    def _check_experts_and_router(self):
+        """Raise a plain `ValueError` naming the bad setting (strict's validators would wrap it in their own type)."""
+        names = [expert["name"] for expert in self.experts]
+        if not names:
+            raise ValueError("experts is empty: give at least one expert, e.g. experts=['text', 'speech']")
+        if len(set(names)) != len(names):
+            raise ValueError(f"expert names must be unique, got {names}")
+        if NO_EXPERT in names:
+            raise ValueError(f"'{NO_EXPERT}' is reserved for 'no expert' routing: rename that expert")
+        for expert in self.experts:
+            if expert["r"] <= 0:
+                raise ValueError(f"expert '{expert['name']}' has rank r={expert['r']}: use a positive rank")
+            unknown = set(expert["target_modules"]) - set(ALL_LLAMA_PROJECTIONS)
+            if unknown:
+                raise ValueError(
+                    f"expert '{expert['name']}' targets {sorted(unknown)}, which a Llama layer does not have; "
+                    f"choose from {ALL_LLAMA_PROJECTIONS}"
+                )
+        if self.router_top_k is not None and not 1 <= self.router_top_k <= len(names):
+            raise ValueError(f"router_top_k={self.router_top_k} must lie between 1 and the {len(names)} experts")
+        if self.router_temperature <= 0:
+            raise ValueError(f"router_temperature={self.router_temperature} must be positive")
+        if self.routing is not None and self.routing not in names + [NO_EXPERT]:
+            raise ValueError(
+                f"routing={self.routing!r} is not an expert of this model: use one of {names}, "
+                f"'{NO_EXPERT}' for no expert, or None for the learned router"
+            )
+
+    @property
+    def expert_names(self) -> list:
+        return [expert["name"] for expert in self.experts]
+
+
+__all__ = ["MoLELlamaConfig", "NO_EXPERT", "ALL_LLAMA_PROJECTIONS"]

@@ -1,0 +1,286 @@
+"""MoLE-Llama: a Llama whose projections carry several LoRA experts, mixed per token by a learned router.
+
+The backbone is transformers' Llama (attention, cache, rotary embeddings, masks are reused as they are). Each
+decoder layer gets a small router that reads the layer's input hidden state and gives per-token weights over
+the experts; the layer's target projections (`MoLELinear`) add the weighted sum of the experts' LoRA updates.
+Everything happens in one forward pass, so generation keeps the KV cache.
+
+This file is copied into saved model folders for `trust_remote_code=True`: it imports nothing from
+`mole_llama` but its sibling configuration file.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaModel,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+from transformers.utils.output_capturing import OutputRecorder
+
+from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
+
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_mole_llama.MoLELlamaConfig",
+    "AutoModel": "modeling_mole_llama.MoLELlamaModel",
+    "AutoModelForCausalLM": "modeling_mole_llama.MoLELlamaForCausalLM",
+}
+
+
+@dataclass
+class MoLECausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    expert_weights (`tuple[torch.FloatTensor]`, *optional*, returned with `output_expert_weights=True`):
+        One tensor per decoder layer, `(batch, sequence, num_experts)`: the router's weight of each expert for
+        each token, in `config.experts` order. Empty when routing is forced with `set_routing`.
+    """
+
+    expert_weights: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MoLELinear(nn.Linear):
+    """A projection with named LoRA experts: `W x + sum_e g_e * s_e * B_e A_e dropout(x)`.
+
+    It subclasses `nn.Linear` so that the base weight keeps the key of the plain Llama checkpoint
+    (`...q_proj.weight`); the experts live beside it as `lora_A.<name>` / `lora_B.<name>`, the layout and maths
+    of PEFT's LoRA. The decoder layer sets `routing` before each call: a `(batch, seq, num_experts)` weight
+    tensor from its router, an expert name (only that expert, weight 1) or `"base"` (no expert).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, experts: list, expert_names: list):
+        super().__init__(in_features, out_features, bias=bias)
+        self.gate_index = {expert["name"]: expert_names.index(expert["name"]) for expert in experts}
+        self.lora_A = nn.ParameterDict({e["name"]: nn.Parameter(torch.empty(e["r"], in_features)) for e in experts})
+        self.lora_B = nn.ParameterDict({e["name"]: nn.Parameter(torch.empty(out_features, e["r"])) for e in experts})
+        # PEFT's default LoRA init, so a fresh expert changes nothing; applied by `_init_weights`.
+        self.lora_A.mole_init = "kaiming_uniform"
+        self.lora_B.mole_init = "zeros"
+        self.lora_dropout = nn.ModuleDict(
+            {e["name"]: nn.Dropout(e["lora_dropout"]) if e["lora_dropout"] > 0 else nn.Identity() for e in experts}
+        )
+        self.scaling = {
+            e["name"]: e["lora_alpha"] / (math.sqrt(e["r"]) if e["use_rslora"] else e["r"]) for e in experts
+        }
+        self.routing = NO_EXPERT
+
+    def expert_update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name])
+        return F.linear(hidden, self.lora_B[name]) * self.scaling[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = F.linear(x, self.weight, self.bias)
+        routing = self.routing
+        if isinstance(routing, str):
+            if routing in self.lora_A:
+                result = result + self.expert_update(routing, x)
+            return result
+        for name, index in self.gate_index.items():
+            result = result + self.expert_update(name, x) * routing[..., index : index + 1].to(x.dtype)
+        return result
+
+
+class MoLERouter(nn.Module):
+    """Per-token expert weights from a layer's input hidden state: RMSNorm -> Linear -> SiLU -> Linear -> softmax.
+
+    The output layer starts at zero, so a fresh router weighs all experts equally.
+    """
+
+    def __init__(self, config: MoLELlamaConfig):
+        super().__init__()
+        self.top_k = config.router_top_k
+        self.temperature = config.router_temperature
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.proj_in = nn.Linear(config.hidden_size, config.router_hidden_size)
+        self.proj_out = nn.Linear(config.router_hidden_size, len(config.experts))
+        self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.proj_in(self.norm(hidden_states)))
+        logits = self.proj_out(hidden).float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth_largest = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        return logits.softmax(dim=-1)
+
+
+class MoLEDecoderLayer(LlamaDecoderLayer):
+    """A Llama decoder layer whose target projections are `MoLELinear`, plus its router."""
+
+    def __init__(self, config: MoLELlamaConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.router = MoLERouter(config)
+        self.routing = config.routing
+        self.mole_projections = []
+        for parent in (self.self_attn, self.mlp):
+            for proj_name, base in list(parent.named_children()):
+                experts = [e for e in config.experts if proj_name in e["target_modules"]]
+                if not isinstance(base, nn.Linear) or not experts:
+                    continue
+                mole = MoLELinear(
+                    base.in_features, base.out_features, base.bias is not None, experts, config.expert_names
+                )
+                setattr(parent, proj_name, mole)
+                self.mole_projections.append(mole)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        routing = self.routing if self.routing is not None else self.router(hidden_states)
+        for projection in self.mole_projections:
+            projection.routing = routing
+        try:
+            return super().forward(hidden_states, *args, **kwargs)
+        finally:
+            for projection in self.mole_projections:
+                projection.routing = NO_EXPERT
+
+
+class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
+    config_class = MoLELlamaConfig
+    config: MoLELlamaConfig
+    _no_split_modules = ["MoLEDecoderLayer"]
+    _can_record_outputs = {
+        "hidden_states": MoLEDecoderLayer,
+        "attentions": LlamaAttention,
+        "expert_weights": OutputRecorder(MoLERouter),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Llama's init, plus the `mole_init` tags: transformers initialises missing weights module by module and
+        skips a module whose direct parameters were all loaded, so the tags sit on the modules owning the tensors."""
+        super()._init_weights(module)
+        mole_init = getattr(module, "mole_init", None)
+        for weight in module.parameters(recurse=False) if mole_init else ():
+            if mole_init == "zeros":
+                init.zeros_(weight)
+            else:
+                init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual, with an `auto_map` naming every entry point so the folder loads through `AutoConfig`,
+        `AutoModel` and `AutoModelForCausalLM` with `trust_remote_code=True` where mole_llama is not installed."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def set_routing(self, routing: str | None) -> None:
+        """Force one expert for every token (`"speech"`), switch experts off (`"base"`), or go back to the
+        learned router (`None`). The choice is stored in `config.routing`, so it is saved with the model."""
+        names = self.config.expert_names
+        if routing is not None and routing not in names + [NO_EXPERT]:
+            raise ValueError(
+                f"unknown expert {routing!r}: this model has experts {names}; use one of them, "
+                f"'{NO_EXPERT}' for the plain base model, or None for the learned router"
+            )
+        self.config.routing = routing
+        for module in self.modules():
+            if isinstance(module, MoLEDecoderLayer):
+                module.routing = routing
+
+    def router_parameters(self) -> list:
+        """The routers' parameters: the only ones trained in MoLE stage 2."""
+        return [p for m in self.modules() if isinstance(m, MoLERouter) for p in m.parameters()]
+
+    def freeze_all_but_routers(self) -> None:
+        """Freeze base and experts, leaving the routers trainable (MoLE stage 2)."""
+        router_ids = {id(p) for p in self.router_parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in router_ids)
+
+
+class MoLELlamaModel(MoLELlamaPreTrainedModel, LlamaModel):
+    """The MoLE-Llama backbone (no LM head): Llama's model with `MoLEDecoderLayer`s."""
+
+    def __init__(self, config: MoLELlamaConfig):
+        # Build the parts of LlamaModel.__init__ directly, so plain Llama layers are never made and thrown away.
+        MoLELlamaPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [MoLEDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+
+class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
+    """MoLE-Llama with a language-modelling head. Loads a plain Llama checkpoint's weights unchanged
+    (the experts and routers come on top), and generates with the KV cache like any causal LM."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MoLELlamaConfig):
+        super().__init__(config)
+        self.model = MoLELlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_expert_weights: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MoLECausalLMOutputWithPast:
+        if cache is None and "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_expert_weights=bool(output_expert_weights),
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = MoLECausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+            expert_weights=outputs.get("expert_weights"),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+# Saving copies this file and its configuration beside the weights (see `save_pretrained` for the auto_map).
+MoLELlamaConfig.register_for_auto_class()
+MoLELlamaModel.register_for_auto_class("AutoModel")
+MoLELlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "MoLECausalLMOutputWithPast",
+    "MoLELinear",
+    "MoLERouter",
+    "MoLEDecoderLayer",
+    "MoLELlamaPreTrainedModel",
+    "MoLELlamaModel",
+    "MoLELlamaForCausalLM",
+]

@@ -1,0 +1,178 @@
+"""PEFT adapters <-> MoLE-Llama: building, exporting back, extended vocabularies, and refusals."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
+
+from conftest import NEW_TOKENS, TINY_LLAMA, make_adapter, tiny_llama
+from mole_llama import MoLELlamaForCausalLM
+from mole_llama.conversion.peft_experts import build_mole_from_adapters, export_expert_adapter
+
+
+def ids_for(vocab, seed=0):
+    return torch.randint(3, vocab, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+def test_built_model_has_extended_vocabulary_and_expert_settings(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir)
+    assert model.config.vocab_size == TINY_LLAMA["vocab_size"] + NEW_TOKENS
+    assert model.config.base_vocab_size == TINY_LLAMA["vocab_size"]
+    experts = {e["name"]: e for e in model.config.experts}
+    assert (experts["text"]["r"], experts["text"]["lora_alpha"]) == (4, 8)
+    assert (experts["speech"]["r"], experts["speech"]["lora_alpha"]) == (8, 4)
+
+
+@pytest.mark.parametrize("name", ["text", "speech"])
+def test_exported_expert_loads_in_peft_with_the_same_logits(tiny_mole_dir, tiny_base_dir, tmp_path, name):
+    mole = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).eval()
+    export_expert_adapter(mole, name, tmp_path)
+    base = LlamaForCausalLM.from_pretrained(tiny_base_dir)
+    base.resize_token_embeddings(mole.config.vocab_size, mean_resizing=False)
+    peft = PeftModel.from_pretrained(base, tmp_path).eval()
+    ids = ids_for(mole.config.vocab_size)
+    mole.set_routing(name)
+    with torch.no_grad():
+        assert (peft(ids).logits - mole(ids).logits).abs().max() < 1e-4
+
+
+def test_untied_embeddings_carry_both_tables(tmp_path):
+    base_dir = tmp_path / "base"
+    tiny_llama(tie_word_embeddings=False).save_pretrained(base_dir)
+    adapter = make_adapter(base_dir, tmp_path / "speech", new_tokens=NEW_TOKENS, seed=4)
+    mole = build_mole_from_adapters(base_dir, {"speech": adapter}).eval()
+    mole.set_routing("speech")
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    base.resize_token_embeddings(mole.config.vocab_size, mean_resizing=False)
+    peft = PeftModel.from_pretrained(base, adapter).eval()
+    ids = ids_for(mole.config.vocab_size)
+    with torch.no_grad():
+        assert (peft(ids).logits - mole(ids).logits).abs().max() < 1e-4
+    exported = export_expert_adapter(mole, "speech", tmp_path / "exported")
+    assert json.loads((exported / "adapter_config.json").read_text())["trainable_token_indices"].keys() == {
+        "embed_tokens",
+        "lm_head",
+    }
+
+
+def test_cli_build_mole_writes_a_loadable_folder(tiny_base_dir, text_adapter_dir, speech_adapter_dir, tmp_path):
+    out = tmp_path / "mole"
+    result = subprocess.run(
+        [sys.executable, "-m", "mole_llama.cli", "build-mole", "--base", str(tiny_base_dir),
+         "--expert", f"text={text_adapter_dir}", "--expert", f"speech={speech_adapter_dir}", "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    model = MoLELlamaForCausalLM.from_pretrained(out)
+    assert model.config.expert_names == ["text", "speech"]
+
+    exported = tmp_path / "speech_adapter"
+    result = subprocess.run(
+        [sys.executable, "-m", "mole_llama.cli", "export-expert", "--model", str(out), "--expert", "speech",
+         "--out", str(exported)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (exported / "adapter_model.safetensors").is_file()
+
+
+def test_cli_reports_bad_expert_argument(tiny_base_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mole_llama.cli", "build-mole", "--base", str(tiny_base_dir),
+         "--expert", "speech", "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "NAME=ADAPTER_DIR" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def copy_adapter(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def edit_config(adapter_dir, **changes):
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def test_adapter_from_another_base_is_refused(tiny_base_dir, text_adapter_dir, tmp_path):
+    wider = dict(TINY_LLAMA, hidden_size=48, num_attention_heads=4)
+    from transformers import LlamaConfig
+
+    other_base = tmp_path / "other_base"
+    LlamaForCausalLM(LlamaConfig(**wider)).save_pretrained(other_base)
+    with pytest.raises(ValueError, match="different base model"):
+        build_mole_from_adapters(other_base, {"text": text_adapter_dir})
+
+
+def test_rank_mismatch_between_config_and_weights_is_refused(tiny_base_dir, text_adapter_dir, tmp_path):
+    adapter = copy_adapter(text_adapter_dir, tmp_path / "adapter")
+    edit_config(adapter, r=16)
+    with pytest.raises(ValueError, match="rank 4 but adapter_config.json says r=16"):
+        build_mole_from_adapters(tiny_base_dir, {"text": adapter})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
+        ({"peft_type": "IA3"}, "must be a LoRA adapter"),
+        ({"target_modules": "q_proj|v_proj"}, "needs a list of Llama projections"),
+        ({"bias": "all"}, "bias='all'"),
+    ],
+)
+def test_unsupported_adapter_settings_are_refused(tiny_base_dir, text_adapter_dir, tmp_path, changes, message):
+    adapter = copy_adapter(text_adapter_dir, tmp_path / "adapter")
+    edit_config(adapter, **changes)
+    with pytest.raises(ValueError, match=message):
+        build_mole_from_adapters(tiny_base_dir, {"text": adapter})
+
+
+def test_missing_or_corrupt_adapter_files_are_refused(tiny_base_dir, text_adapter_dir, tmp_path):
+    with pytest.raises(ValueError, match="not a PEFT adapter folder"):
+        build_mole_from_adapters(tiny_base_dir, {"text": tmp_path / "nowhere"})
+    adapter = copy_adapter(text_adapter_dir, tmp_path / "adapter")
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        build_mole_from_adapters(tiny_base_dir, {"text": adapter})
+    weights.unlink()
+    with pytest.raises(ValueError, match="adapter_model.safetensors are missing"):
+        build_mole_from_adapters(tiny_base_dir, {"text": adapter})
+
+
+def test_incomplete_adapter_is_refused(tiny_base_dir, text_adapter_dir, tmp_path):
+    adapter = copy_adapter(text_adapter_dir, tmp_path / "adapter")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    dropped = next(key for key in weights if "layers.1.mlp.up_proj.lora_B" in key)
+    del weights[dropped]
+    save_file(weights, adapter / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="lacks 1 LoRA weights"):
+        build_mole_from_adapters(tiny_base_dir, {"text": adapter})
+
+
+def test_two_experts_training_the_same_new_token_differently_are_refused(tiny_base_dir, tmp_path):
+    first = make_adapter(tiny_base_dir, tmp_path / "a", new_tokens=NEW_TOKENS, seed=5)
+    second = make_adapter(tiny_base_dir, tmp_path / "b", new_tokens=NEW_TOKENS, seed=6)
+    with pytest.raises(ValueError, match="train added tokens in one expert only"):
+        build_mole_from_adapters(tiny_base_dir, {"text": first, "speech": second})
+
+
+def test_non_llama_base_is_refused(tmp_path, text_adapter_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=96)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="needs a Llama-architecture base"):
+        build_mole_from_adapters(tmp_path, {"text": text_adapter_dir})

@@ -1,0 +1,191 @@
+"""MoLE-Llama on tiny random configs: equivalence with PEFT and the base, routing, cache, training, errors."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaForCausalLM
+
+from conftest import NEW_TOKENS, TINY_LLAMA
+from mole_llama.conversion.peft_experts import mole_config_from_base
+from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
+
+
+def random_ids(vocab, shape=(2, 11), seed=0):
+    return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def mole(tiny_mole_dir):
+    return MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).eval()
+
+
+def peft_model(base_dir, adapter_dir, vocab_size=None):
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    if vocab_size:
+        base.resize_token_embeddings(vocab_size, mean_resizing=False)
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+@torch.no_grad()
+def test_forced_expert_equals_peft_adapter(mole, tiny_base_dir, text_adapter_dir, speech_adapter_dir):
+    vocab = TINY_LLAMA["vocab_size"]
+    ids = random_ids(vocab + NEW_TOKENS)
+    mole.set_routing("speech")
+    reference = peft_model(tiny_base_dir, speech_adapter_dir, vocab + NEW_TOKENS)(ids).logits
+    assert (mole(ids).logits - reference).abs().max() < 1e-4
+
+    # The text adapter was trained on the original vocabulary: compare on its tokens and logits.
+    text_ids = random_ids(vocab, seed=1)
+    mole.set_routing("text")
+    reference = peft_model(tiny_base_dir, text_adapter_dir)(text_ids).logits
+    assert (mole(text_ids).logits[..., :vocab] - reference).abs().max() < 1e-4
+    mole.set_routing(None)
+
+
+@torch.no_grad()
+def test_no_expert_routing_equals_base(mole, tiny_base_dir):
+    ids = random_ids(TINY_LLAMA["vocab_size"])
+    base = LlamaForCausalLM.from_pretrained(tiny_base_dir).eval()
+    mole.set_routing(NO_EXPERT)
+    assert (mole(ids).logits[..., : base.config.vocab_size] - base(ids).logits).abs().max() < 1e-5
+    mole.set_routing(None)
+
+
+@torch.no_grad()
+def test_learned_routing_mixes_experts_and_reports_weights(mole):
+    ids = random_ids(mole.config.vocab_size)
+    mole.set_routing(None)
+    out = mole(ids, output_expert_weights=True)
+    assert len(out.expert_weights) == mole.config.num_hidden_layers
+    weights = out.expert_weights[0]
+    assert weights.shape == (*ids.shape, 2)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(ids.shape))
+    assert weights.std() > 0.01, "a random router should weigh tokens differently"
+    logits = {}
+    for routing in ("text", "speech", None):
+        mole.set_routing(routing)
+        logits[routing] = mole(ids).logits
+    mole.set_routing(None)
+    assert not torch.allclose(logits[None], logits["text"]) and not torch.allclose(logits[None], logits["speech"])
+    assert mole(ids).expert_weights is None
+
+
+@torch.no_grad()
+def test_top_k_and_temperature_shape_the_gates(tiny_mole_dir):
+    top1 = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_top_k=1).eval()
+    ids = random_ids(top1.config.vocab_size)
+    weights = top1(ids, output_expert_weights=True).expert_weights[0]
+    assert ((weights == 0) | (weights == 1)).all() and (weights.sum(-1) == 1).all()
+
+    sharp = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_temperature=0.1).eval()
+    soft = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_temperature=10.0).eval()
+    sharp_max = sharp(ids, output_expert_weights=True).expert_weights[0].max(-1).values.mean()
+    soft_max = soft(ids, output_expert_weights=True).expert_weights[0].max(-1).values.mean()
+    assert sharp_max > soft_max
+
+
+@torch.no_grad()
+def test_greedy_generation_with_cache_equals_without(mole):
+    ids = random_ids(mole.config.vocab_size, shape=(1, 6))
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with_cache = mole.generate(ids, use_cache=True, **kwargs)
+    without_cache = mole.generate(ids, use_cache=False, **kwargs)
+    assert with_cache.shape[1] > ids.shape[1]
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_router_only_training_gets_gradients_only_on_routers(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir)
+    model.freeze_all_but_routers()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    ids = random_ids(model.config.vocab_size)
+    model(ids, labels=ids).loss.backward()
+    router_ids = {id(p) for p in model.router_parameters()}
+    assert router_ids
+    for name, parameter in model.named_parameters():
+        if id(parameter) in router_ids:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_mole_dir):
+    grads = []
+    for checkpointing in (False, True):
+        model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ids = random_ids(model.config.vocab_size)
+        model(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+@pytest.mark.parametrize("construction", ["from_pretrained", "constructor"])
+def test_fresh_experts_leave_the_base_unchanged(tiny_base_dir, construction):
+    base = LlamaForCausalLM.from_pretrained(tiny_base_dir).eval()
+    config = mole_config_from_base(base.config, [{"name": "text", "r": 4}, {"name": "speech", "r": 4}])
+    if construction == "from_pretrained":  # missing expert and router weights are initialised by transformers
+        model = MoLELlamaForCausalLM.from_pretrained(tiny_base_dir, config=config).eval()
+    else:
+        model = MoLELlamaForCausalLM(config).eval()
+        model.load_state_dict(base.state_dict(), strict=False)
+    projection = model.model.layers[0].self_attn.q_proj
+    assert torch.isfinite(projection.lora_A["text"]).all() and projection.lora_A["text"].abs().sum() > 0
+    assert (projection.lora_B["text"] == 0).all()
+    ids = random_ids(TINY_LLAMA["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, base(ids).logits)
+        gates = model(ids, output_expert_weights=True).expert_weights[0]
+    torch.testing.assert_close(gates, torch.full_like(gates, 0.5))
+
+
+def test_auto_classes_load_with_the_package_imported(tiny_mole_dir, mole):
+    assert isinstance(AutoConfig.from_pretrained(tiny_mole_dir), MoLELlamaConfig)
+    assert isinstance(AutoModel.from_pretrained(tiny_mole_dir), MoLELlamaModel)
+    causal = AutoModelForCausalLM.from_pretrained(tiny_mole_dir).eval()
+    ids = random_ids(mole.config.vocab_size)
+    mole.set_routing(None)
+    with torch.no_grad():
+        torch.testing.assert_close(causal(ids).logits, mole(ids).logits)
+
+
+def test_routing_is_saved_with_the_model(tiny_mole_dir, tmp_path):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir)
+    model.set_routing("speech")
+    model.save_pretrained(tmp_path)
+    reloaded = MoLELlamaForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.config.routing == "speech"
+    assert all(layer.routing == "speech" for layer in reloaded.model.layers)
+
+
+def test_unknown_expert_names_are_refused(mole):
+    with pytest.raises(ValueError, match="unknown expert 'music'.*\\['text', 'speech'\\]"):
+        mole.set_routing("music")
+    with pytest.raises(ValueError, match="must be unique"):
+        MoLELlamaConfig(**TINY_LLAMA, experts=["text", "text"])
+    with pytest.raises(ValueError, match="reserved"):
+        MoLELlamaConfig(**TINY_LLAMA, experts=["text", NO_EXPERT])
+    with pytest.raises(ValueError, match="routing='music'"):
+        MoLELlamaConfig(**TINY_LLAMA, experts=["text"], routing="music")
+    with pytest.raises(ValueError, match="does not have"):
+        MoLELlamaConfig(**TINY_LLAMA, experts=[{"name": "text", "target_modules": ["qkv"]}])
+    with pytest.raises(ValueError, match="router_top_k=3"):
+        MoLELlamaConfig(**TINY_LLAMA, experts=["text", "speech"], router_top_k=3)
+
+
+def test_missing_or_corrupt_weights_file_is_a_clear_error(tiny_mole_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_mole_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(Exception, match="(?i)(safetensor|header|deserializ|invalid|corrupt)"):
+        MoLELlamaForCausalLM.from_pretrained(folder)
+    weights.unlink()
+    with pytest.raises(OSError, match="model.safetensors|does not appear to have"):
+        MoLELlamaForCausalLM.from_pretrained(folder)
