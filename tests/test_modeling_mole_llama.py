@@ -189,3 +189,23 @@ def test_missing_or_corrupt_weights_file_is_a_clear_error(tiny_mole_dir, tmp_pat
     weights.unlink()
     with pytest.raises(OSError, match="model.safetensors|does not appear to have"):
         MoLELlamaForCausalLM.from_pretrained(folder)
+
+
+def test_mixed_update_matches_the_per_expert_lora_sum():
+    from mole_llama.modeling.modeling_mole_llama import MoLELinear
+
+    experts = [
+        {"name": "text", "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "use_rslora": False},
+        {"name": "speech", "r": 6, "lora_alpha": 3.0, "lora_dropout": 0.0, "use_rslora": True},
+    ]
+    torch.manual_seed(0)
+    layer = MoLELinear(16, 24, bias=True, experts=experts, expert_names=["text", "speech"])
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter)
+    x = torch.randn(2, 5, 16)
+    gates = torch.rand(2, 5, 2).softmax(-1)
+    layer.routing = gates
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    for index, (name, scale) in enumerate([("text", 8.0 / 4), ("speech", 3.0 / 6**0.5)]):  # rsLoRA: alpha/sqrt(r)
+        expected = expected + (x @ layer.lora_A[name].T @ layer.lora_B[name].T) * scale * gates[..., index : index + 1]
+    torch.testing.assert_close(layer(x), expected)

@@ -1,0 +1,122 @@
+"""Speech unit tokens of TTS-Llama: their names, adding them to a tokenizer, the TTS prompt, constrained decoding.
+
+The LLM speaks by emitting `<|speech_start|> <|speech_17|> <|speech_3|> ... <|speech_end|>`, one token per
+semantic unit. Decoding is constrained so that inside such a segment only unit tokens or the end marker can come.
+
+Self-contained (transformers and torch only), so saved model folders can carry it for `trust_remote_code=True`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+SPEECH_START = "<|speech_start|>"
+SPEECH_END = "<|speech_end|>"
+TTS_INSTRUCTION = "Read the following text aloud."
+
+
+def unit_token(index: int) -> str:
+    return f"<|speech_{index}|>"
+
+
+@dataclass(frozen=True)
+class SpeechTokenIds:
+    """Where the speech tokens sit in a vocabulary: the markers, and units as one contiguous id range."""
+
+    start: int
+    end: int
+    first_unit: int
+    num_units: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, num_units: int) -> "SpeechTokenIds":
+        """Find the speech tokens in `tokenizer`, checking that the units are contiguous and in order."""
+        vocab = tokenizer.get_vocab()
+        names = [SPEECH_START, SPEECH_END] + [unit_token(i) for i in range(num_units)]
+        missing = [name for name in names if name not in vocab]
+        if missing:
+            raise ValueError(
+                f"the tokenizer lacks {len(missing)} speech tokens (e.g. {missing[0]}): "
+                f"add them with add_speech_tokens(tokenizer, {num_units})"
+            )
+        first = vocab[unit_token(0)]
+        if any(vocab[unit_token(i)] != first + i for i in range(num_units)):
+            raise ValueError("the speech unit tokens are not contiguous in the vocabulary: add them in one call")
+        return cls(start=vocab[SPEECH_START], end=vocab[SPEECH_END], first_unit=first, num_units=num_units)
+
+    def is_unit(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return (token_ids >= self.first_unit) & (token_ids < self.first_unit + self.num_units)
+
+    def units_to_token_ids(self, units) -> list:
+        units = [int(unit) for unit in units]
+        bad = [unit for unit in units if not 0 <= unit < self.num_units]
+        if bad:
+            raise ValueError(f"unit {bad[0]} is outside the {self.num_units} speech units")
+        return [self.first_unit + unit for unit in units]
+
+    def token_ids_to_units(self, token_ids) -> list:
+        """The units of a generated speech segment: unit tokens up to the end marker (markers and text dropped)."""
+        units = []
+        for token_id in (int(t) for t in token_ids):
+            if token_id == self.end:
+                break
+            if self.first_unit <= token_id < self.first_unit + self.num_units:
+                units.append(token_id - self.first_unit)
+        return units
+
+
+def add_speech_tokens(tokenizer, num_units: int) -> SpeechTokenIds:
+    """Add the start/end markers and `num_units` unit tokens to `tokenizer` (as special tokens, so text decoding
+    with `skip_special_tokens=True` drops them). Adding again is a no-op. Resize the model's embeddings after."""
+    if num_units <= 0:
+        raise ValueError(f"num_units={num_units}: give the number of semantic units (e.g. 1024)")
+    names = [SPEECH_START, SPEECH_END] + [unit_token(i) for i in range(num_units)]
+    vocab = tokenizer.get_vocab()
+    present = [name for name in names if name in vocab]
+    if present and len(present) != len(names):
+        raise ValueError(
+            f"the tokenizer already has {len(present)} of the {len(names)} speech tokens; it was extended for "
+            "another number of units: start again from the base tokenizer"
+        )
+    if not present:
+        tokenizer.add_tokens(names, special_tokens=True)
+    return SpeechTokenIds.from_tokenizer(tokenizer, num_units)
+
+
+def tts_messages(text: str, instruction: str = TTS_INSTRUCTION) -> list:
+    """The chat turn that asks for speech (the assistant answers with a speech segment)."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("text is empty: give at least one word")
+    return [{"role": "user", "content": f"{instruction}\n{text.strip()}"}]
+
+
+def tts_prompt_ids(tokenizer, text: str, speech: SpeechTokenIds, instruction: str = TTS_INSTRUCTION) -> list:
+    """Token ids of the TTS prompt: the base model's chat template with the generation prompt, then the start
+    marker, so generation continues straight into units."""
+    ids = tokenizer.apply_chat_template(tts_messages(text, instruction), add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids) + [speech.start]
+
+
+class SpeechUnitsLogitsProcessor(LogitsProcessor):
+    """Inside a speech segment (a start marker with no end marker after it) only unit tokens or the end marker
+    may be chosen; elsewhere the scores pass unchanged. Works per row of a batch."""
+
+    def __init__(self, speech: SpeechTokenIds):
+        self.speech = speech
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+        last_start = ((input_ids == self.speech.start) * positions).amax(dim=1)
+        last_end = ((input_ids == self.speech.end) * positions).amax(dim=1)
+        inside = last_start > last_end
+        if not inside.any():
+            return scores
+        vocab = torch.arange(scores.shape[-1], device=scores.device)
+        allowed = self.speech.is_unit(vocab) | (vocab == self.speech.end)
+        blocked = inside[:, None] & ~allowed[None, :]
+        return scores.masked_fill(blocked, float("-inf"))
