@@ -70,13 +70,27 @@ def test_learned_routing_mixes_experts_and_reports_weights(mole):
     assert mole(ids).expert_weights is None
 
 
-@torch.no_grad()
-def test_top_k_and_temperature_shape_the_gates(tiny_mole_dir):
-    top1 = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_top_k=1).eval()
+def test_top_k_keeps_exactly_k_experts_and_trains_the_router(tiny_mole_dir):
+    top1 = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_top_k=1)
     ids = random_ids(top1.config.vocab_size)
-    weights = top1(ids, output_expert_weights=True).expert_weights[0]
-    assert ((weights == 0) | (weights == 1)).all() and (weights.sum(-1) == 1).all()
+    out = top1(ids, labels=ids, output_expert_weights=True)
+    weights = out.expert_weights[0]
+    assert ((weights > 0).sum(-1) == 1).all()
+    assert (weights.max(-1).values >= 0.5).all(), "the kept expert keeps its softmax probability"
+    out.loss.backward()
+    assert top1.model.layers[0].router.proj_out.weight.grad.abs().sum() > 0
 
+    config = MoLELlamaConfig(**TINY_LLAMA, experts=["a", "b", "c"], lora_r=4, router_top_k=2)
+    fresh = MoLELlamaForCausalLM(config).eval()  # zero router: all experts tie
+    with torch.no_grad():
+        weights = fresh(random_ids(TINY_LLAMA["vocab_size"]), output_expert_weights=True).expert_weights[0]
+    assert ((weights > 0).sum(-1) == 2).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+@torch.no_grad()
+def test_temperature_sharpens_the_gates(tiny_mole_dir):
+    ids = random_ids(96)
     sharp = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_temperature=0.1).eval()
     soft = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_temperature=10.0).eval()
     sharp_max = sharp(ids, output_expert_weights=True).expert_weights[0].max(-1).values.mean()

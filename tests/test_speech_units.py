@@ -92,7 +92,7 @@ def test_speech_tokens_and_prompt_on_the_real_smollm2_tokenizer():
     decoded = tokenizer.decode(prompt)
     assert "The sun is warm today." in decoded and "<|im_start|>assistant" in decoded
 
-    with pytest.raises(ValueError, match="already has .* of the"):
+    with pytest.raises(ValueError, match="another number of units than 32"):
         add_speech_tokens(tokenizer, 32)
     with pytest.raises(ValueError, match="lacks"):
         SpeechTokenIds.from_tokenizer(AutoTokenizer.from_pretrained(embedded_base_path()), 8)

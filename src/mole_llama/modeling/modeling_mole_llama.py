@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     LlamaDecoderLayer,
@@ -26,6 +28,8 @@ from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
 )
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
@@ -81,32 +85,41 @@ class MoLELinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
         routing = self.routing
+        if isinstance(routing, str) and routing not in self.lora_A:
+            return result
+        lora_x = x.to(next(iter(self.lora_A.values())).dtype)  # as PEFT: experts may be kept in float32
         if isinstance(routing, str):
-            if routing in self.lora_A:
-                result = result + self.expert_update(routing, x)
-            return result
-        if self.training and self.has_dropout:  # each expert needs its own dropout mask, as in PEFT
-            for name, index in self.gate_index.items():
-                result = result + self.expert_update(name, x) * routing[..., index : index + 1].to(x.dtype)
-            return result
-        return result + self.mixed_update(x, routing)
+            update = self.expert_update(routing, lora_x)
+        elif self.training and self.has_dropout:  # each expert needs its own dropout mask, as in PEFT
+            update = sum(
+                self.expert_update(name, lora_x) * routing[..., index : index + 1].to(lora_x.dtype)
+                for name, index in self.gate_index.items()
+            )
+        else:
+            update = self.mixed_update(lora_x, routing)
+        return result + update.to(result.dtype)
 
     def mixed_update(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
         """All experts in two matmuls: stack the A's and B's along the rank axis and weigh each expert's rank
         slice by its gate times its scaling (~35% less LoRA time than one pair of matmuls per expert)."""
-        names = list(self.gate_index)
-        ranks = torch.tensor([self.lora_A[name].shape[0] for name in names], device=x.device)
-        scalings = torch.tensor([self.scaling[name] for name in names], device=x.device, dtype=x.dtype)
-        weights = (routing[..., list(self.gate_index.values())].to(x.dtype) * scalings).repeat_interleave(ranks, dim=-1)
-        stacked_A = torch.cat([self.lora_A[name] for name in names])
-        stacked_B = torch.cat([self.lora_B[name] for name in names], dim=1)
+        weights = torch.cat(
+            [
+                (routing[..., index : index + 1] * self.scaling[name]).expand(*routing.shape[:-1], self.lora_A[name].shape[0])
+                for name, index in self.gate_index.items()
+            ],
+            dim=-1,
+        ).to(x.dtype)
+        stacked_A = torch.cat([self.lora_A[name] for name in self.gate_index])
+        stacked_B = torch.cat([self.lora_B[name] for name in self.gate_index], dim=1)
         return F.linear(F.linear(x, stacked_A) * weights, stacked_B)
 
 
 class MoLERouter(nn.Module):
     """Per-token expert weights from a layer's input hidden state: RMSNorm -> Linear -> SiLU -> Linear -> softmax.
 
-    The output layer starts at zero, so a fresh router weighs all experts equally.
+    The output layer starts at zero, so a fresh router weighs all experts equally. With `top_k`, the other experts
+    get weight 0 and the kept ones are renormalised; with `top_k=1` the kept expert keeps its softmax probability
+    (as in Switch Transformers), so the router still gets a gradient.
     """
 
     def __init__(self, config: MoLELlamaConfig):
@@ -120,11 +133,13 @@ class MoLERouter(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = F.silu(self.proj_in(self.norm(hidden_states)))
-        logits = self.proj_out(hidden).float() / self.temperature
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth_largest = logits.topk(self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-        return logits.softmax(dim=-1)
+        probabilities = (self.proj_out(hidden).float() / self.temperature).softmax(dim=-1)
+        if self.top_k is None or self.top_k >= probabilities.shape[-1]:
+            return probabilities
+        kept = torch.zeros_like(probabilities, dtype=torch.bool)
+        kept.scatter_(-1, probabilities.topk(self.top_k, dim=-1).indices, True)  # exactly k, even on ties
+        gates = probabilities * kept
+        return gates if self.top_k == 1 else gates / gates.sum(dim=-1, keepdim=True)
 
 
 class MoLEDecoderLayer(LlamaDecoderLayer):
@@ -134,7 +149,6 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         super().__init__(config, layer_idx)
         self.router = MoLERouter(config)
         self.routing = config.routing
-        self.mole_projections = []
         for parent in (self.self_attn, self.mlp):
             for proj_name, base in list(parent.named_children()):
                 experts = [e for e in config.experts if proj_name in e["target_modules"]]
@@ -144,16 +158,17 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                     base.in_features, base.out_features, base.bias is not None, experts, config.expert_names
                 )
                 setattr(parent, proj_name, mole)
-                self.mole_projections.append(mole)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         routing = self.routing if self.routing is not None else self.router(hidden_states)
-        for projection in self.mole_projections:
+        # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies.
+        projections = [module for module in self.modules() if isinstance(module, MoLELinear)]
+        for projection in projections:
             projection.routing = routing
         try:
             return super().forward(hidden_states, *args, **kwargs)
         finally:
-            for projection in self.mole_projections:
+            for projection in projections:
                 projection.routing = NO_EXPERT
 
 
@@ -241,22 +256,22 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_expert_weights: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> MoLECausalLMOutputWithPast:
-        if cache is None and "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values")
+        """Llama's causal-LM forward; `output_expert_weights=True` adds the routers' per-token expert weights."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -267,13 +282,11 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
             output_expert_weights=bool(output_expert_weights),
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = MoLECausalLMOutputWithPast(
+        return MoLECausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
@@ -281,7 +294,6 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
             attentions=outputs.get("attentions"),
             expert_weights=outputs.get("expert_weights"),
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 # Saving copies this file and its configuration beside the weights (see `save_pretrained` for the auto_map).

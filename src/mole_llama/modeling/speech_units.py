@@ -74,10 +74,10 @@ def add_speech_tokens(tokenizer, num_units: int) -> SpeechTokenIds:
     names = [SPEECH_START, SPEECH_END] + [unit_token(i) for i in range(num_units)]
     vocab = tokenizer.get_vocab()
     present = [name for name in names if name in vocab]
-    if present and len(present) != len(names):
+    if present and (len(present) != len(names) or unit_token(num_units) in vocab):
         raise ValueError(
-            f"the tokenizer already has {len(present)} of the {len(names)} speech tokens; it was extended for "
-            "another number of units: start again from the base tokenizer"
+            f"the tokenizer already has speech tokens for another number of units than {num_units}: "
+            "start again from the base tokenizer"
         )
     if not present:
         tokenizer.add_tokens(names, special_tokens=True)
