@@ -126,11 +126,13 @@ def test_rank_mismatch_between_config_and_weights_is_refused(tiny_base_dir, text
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"use_dora": True}, "DoRA"),
+        ({"use_dora": True}, "use_dora=True is not supported"),
         ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
         ({"peft_type": "IA3"}, "must be a LoRA adapter"),
         ({"target_modules": "q_proj|v_proj"}, "needs a list of Llama projections"),
         ({"bias": "all"}, "bias='all'"),
+        ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens"),
+        ({"layer_replication": [[0, 1]]}, "layer_replication"),
     ],
 )
 def test_unsupported_adapter_settings_are_refused(tiny_base_dir, text_adapter_dir, tmp_path, changes, message):
@@ -176,3 +178,20 @@ def test_non_llama_base_is_refused(tmp_path, text_adapter_dir):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=96)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs a Llama-architecture base"):
         build_mole_from_adapters(tmp_path, {"text": text_adapter_dir})
+
+
+def test_base_with_another_layout_is_refused(tiny_base_dir, text_adapter_dir, tmp_path):
+    from safetensors.torch import load_file as load_weights
+
+    broken = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, broken)
+    weights = load_weights(broken / "model.safetensors")
+    weights["model.layers.0.self_attn.qkv.weight"] = weights.pop("model.layers.0.self_attn.q_proj.weight")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="does not load as a Llama checkpoint"):
+        build_mole_from_adapters(broken, {"text": text_adapter_dir})
+
+
+def test_mole_base_is_refused(tiny_mole_dir, text_adapter_dir):
+    with pytest.raises(ValueError, match="already a MoLE-Llama"):
+        build_mole_from_adapters(tiny_mole_dir, {"text": text_adapter_dir})

@@ -25,14 +25,15 @@ def smollm2_dir():
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def test_embedded_base_is_a_plain_safetensors_llama(smollm2_dir):
+def test_embedded_base_is_a_plain_safetensors_llama(smollm2_dir, monkeypatch):
     assert (smollm2_dir / "model.safetensors").is_file()
     assert not list(smollm2_dir.glob("*.gguf")) and not list(smollm2_dir.glob("*.bin"))
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     assert isinstance(model, LlamaForCausalLM)
     assert getattr(model.config, "quantization_config", None) is None
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (30, 576)
-    assert gguf.embedded_base_path() == smollm2_dir  # cached: the second call converts nothing
+    monkeypatch.setattr(gguf, "convert_gguf", lambda *args: pytest.fail("the cached base was converted again"))
+    assert gguf.embedded_base_path() == smollm2_dir
 
 
 def greedy_answer(model, tokenizer, question: str) -> list:

@@ -187,6 +187,9 @@ def test_unknown_expert_names_are_refused(mole):
         MoLELlamaConfig(**TINY_LLAMA, experts=["text"], routing="music")
     with pytest.raises(ValueError, match="does not have"):
         MoLELlamaConfig(**TINY_LLAMA, experts=[{"name": "text", "target_modules": ["qkv"]}])
+    for bad_name in ("a.b", "", "keys", "9lives"):
+        with pytest.raises(ValueError, match="cannot name a weight"):
+            MoLELlamaConfig(**TINY_LLAMA, experts=[bad_name])
     with pytest.raises(ValueError, match="router_top_k=3"):
         MoLELlamaConfig(**TINY_LLAMA, experts=["text", "speech"], router_top_k=3)
 
@@ -198,7 +201,7 @@ def test_missing_or_corrupt_weights_file_is_a_clear_error(tiny_mole_dir, tmp_pat
     shutil.copytree(tiny_mole_dir, folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(Exception, match="(?i)(safetensor|header|deserializ|invalid|corrupt)"):
+    with pytest.raises(Exception, match="(?i)safetensors|header"):
         MoLELlamaForCausalLM.from_pretrained(folder)
     weights.unlink()
     with pytest.raises(OSError, match="model.safetensors|does not appear to have"):
@@ -223,3 +226,58 @@ def test_mixed_update_matches_the_per_expert_lora_sum():
     for index, (name, scale) in enumerate([("text", 8.0 / 4), ("speech", 3.0 / 6**0.5)]):  # rsLoRA: alpha/sqrt(r)
         expected = expected + (x @ layer.lora_A[name].T @ layer.lora_B[name].T) * scale * gates[..., index : index + 1]
     torch.testing.assert_close(layer(x), expected)
+
+
+@torch.no_grad()
+def test_left_padded_batch_generates_like_each_prompt_alone(mole):
+    mole.set_routing(None)
+    prompts = [[5, 9, 14, 20, 33, 41], [7, 11, 12]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    batched = mole.generate(ids, attention_mask=mask, **kwargs)[:, width:]
+    for row, prompt in enumerate(prompts):
+        alone = mole.generate(torch.tensor([prompt]), **kwargs)[0, len(prompt) :]
+        assert torch.equal(batched[row], alone), row
+
+
+@torch.no_grad()
+def test_bfloat16_model_and_float32_experts_run(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, dtype=torch.bfloat16).eval()
+    ids = random_ids(model.config.vocab_size)
+    reference = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).eval()(ids).logits
+    logits = model(ids).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
+    for name, parameter in model.named_parameters():  # experts kept in float32 on a bf16 base, as PEFT allows
+        if ".lora_" in name:
+            parameter.data = parameter.data.float()
+    assert model(ids).logits.dtype == torch.bfloat16
+
+
+@torch.no_grad()
+def test_past_key_values_keyword_still_works(mole):
+    ids = random_ids(mole.config.vocab_size, shape=(1, 8))
+    full = mole(ids).logits[:, -1]
+    prefix = mole(ids[:, :-1], use_cache=True)
+    step = mole(ids[:, -1:], past_key_values=prefix.cache).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-4)
+
+
+def test_transformers_trainer_trains_only_the_routers(tiny_mole_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir)
+    model.freeze_all_but_routers()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rows = [random_ids(model.config.vocab_size, shape=(1, 12), seed=seed)[0].tolist() for seed in range(16)]
+    dataset = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
+        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=dataset).train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".router." in name for name in changed)

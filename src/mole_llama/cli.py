@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 
 def parse_expert(text: str) -> tuple:
     name, sep, path = text.partition("=")
@@ -46,6 +48,8 @@ def cmd_build_mole(args) -> None:
     fitting = [t for t in tokenizers if len(t) <= model.config.vocab_size]
     if fitting:
         max(fitting, key=len).save_pretrained(args.out)
+    else:
+        print("warning: no tokenizer found with the base or the adapters; none saved with the model", file=sys.stderr)
     print(Path(args.out))
 
 
@@ -67,6 +71,8 @@ def cmd_ask(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     if args.routing is not None:
+        if not hasattr(model, "set_routing"):
+            raise ValueError(f"--routing applies to MoLE-Llama models; {model_path} is a {model.config.model_type}")
         model.set_routing(None if args.routing == "learned" else args.routing)
     messages = [{"role": "user", "content": args.question}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -119,7 +125,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
+    except (ValueError, RuntimeError, OSError, SafetensorError) as error:
         print(f"mole-llama {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -21,6 +21,9 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "MOLE_LLAMA_CACHE"
 COMPLETE_MARKER = ".mole_llama_complete"
+# Config entries of a GGUF-loaded model that are not architecture (the reader keeps the file's model name in
+# `_model_name_or_path`); a plain config must not inherit them.
+NOT_ARCHITECTURE = ("quantization_config", "model_type", "architectures", "transformers_version", "_model_name_or_path")
 
 
 def convert_gguf(gguf_path, out_dir) -> Path:
@@ -36,7 +39,7 @@ def convert_gguf(gguf_path, out_dir) -> Path:
         raise ValueError(f"{gguf_path} holds a {gguf_model.config.model_type!r} model; only Llama GGUF is supported")
 
     settings = gguf_model.config.to_dict()
-    for key in ("quantization_config", "model_type", "architectures", "transformers_version", "_model_name_or_path"):
+    for key in NOT_ARCHITECTURE:
         settings.pop(key, None)
     plain = LlamaForCausalLM(LlamaConfig(**settings))
     plain.load_state_dict(gguf_model.state_dict())

@@ -35,6 +35,13 @@ TABLE_KEY = re.compile(
     r"^base_model\.model\.(?P<module>model\.embed_tokens|lm_head)(\.token_adapter)?(\.base_layer)?\.weight$"
 )
 EMBEDDING_MODULES = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}
+# LoRA adapter settings that leave the maths of a plain LoRA unchanged (or are read explicitly below).
+HARMLESS_LORA_SETTINGS = {
+    "peft_type", "peft_version", "task_type", "auto_mapping", "base_model_name_or_path", "revision",
+    "inference_mode", "init_lora_weights", "r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules",
+    "trainable_token_indices", "bias", "megatron_core", "qalora_group_size", "ensure_weight_tying", "loftq_config",
+    "layers_pattern",
+}  # fmt: skip
 # Keys of a Llama config.json that describe the file, not the architecture.
 NON_ARCHITECTURE_KEYS = {"model_type", "architectures", "auto_map", "transformers_version", "_name_or_path"}
 
@@ -106,20 +113,15 @@ def read_lora_adapter(path, name: str) -> LoraAdapter:
 
 
 def _check_supported(config: dict, config_file: Path) -> None:
+    """Accept only settings known not to change what a plain LoRA computes; name any other one that is set."""
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{config_file}: peft_type is {config.get('peft_type')!r}; a MoLE expert must be a LoRA adapter")
-    unsupported = {
-        "use_dora": "DoRA",
-        "lora_bias": "LoRA bias",
-        "rank_pattern": "per-module ranks (rank_pattern)",
-        "alpha_pattern": "per-module alphas (alpha_pattern)",
-        "layers_to_transform": "a layer subset (layers_to_transform)",
-        "modules_to_save": "fully trained modules (modules_to_save)",
-        "fan_in_fan_out": "fan_in_fan_out weights",
-    }
-    for key, what in unsupported.items():
-        if config.get(key):
-            raise ValueError(f"{config_file}: {what} is not supported in a MoLE expert; retrain without {key}")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{config_file} has no {key!r}: it is not a complete LoRA adapter config")
+    for key, value in config.items():
+        if key not in HARMLESS_LORA_SETTINGS and value not in (None, False, {}, [], "", "none"):
+            raise ValueError(f"{config_file}: {key}={value!r} is not supported in a MoLE expert; retrain without it")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{config_file}: bias={config['bias']!r} is not supported; retrain with bias='none'")
     targets = config.get("target_modules")
@@ -140,7 +142,12 @@ def _token_indices(trainable_token_indices) -> dict:
 
 def mole_config_from_base(base_config, experts: list, **router_settings) -> MoLELlamaConfig:
     """A MoLE-Llama config with the architecture of a Llama (or MoLE-Llama) config and the given experts."""
-    if base_config.model_type not in ("llama", MoLELlamaConfig.model_type):
+    if base_config.model_type == MoLELlamaConfig.model_type:
+        raise ValueError(
+            "the base is already a MoLE-Llama; build from the plain Llama it was made from "
+            f"(config.base_model_name_or_path: {base_config.base_model_name_or_path})"
+        )
+    if base_config.model_type != "llama":
         raise ValueError(
             f"the base model is a {base_config.model_type!r} model; MoLE-Llama needs a Llama-architecture base"
         )
@@ -174,13 +181,27 @@ def build_mole_from_adapters(
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the load report would list every expert and router weight as "missing"
     try:
-        model = MoLELlamaForCausalLM.from_pretrained(base_model_path, config=config, dtype=dtype)
+        model, report = MoLELlamaForCausalLM.from_pretrained(
+            base_model_path, config=config, dtype=dtype, output_loading_info=True
+        )
     finally:
         logging.set_verbosity(verbosity)
+    _check_base_loaded(base_model_path, report)
     _extend_vocabulary(model, adapters)
     for adapter in adapters:
         _load_expert(model, adapter)
     return model
+
+
+def _check_base_loaded(base_model_path, report: dict) -> None:
+    """Only expert and router weights may be missing from the base; anything else means a different layout."""
+    missing = [key for key in report["missing_keys"] if ".lora_" not in key and ".router." not in key]
+    problems = missing + list(report["unexpected_keys"]) + list(report["mismatched_keys"])
+    if problems:
+        raise ValueError(
+            f"{base_model_path} does not load as a Llama checkpoint ({len(problems)} missing, unexpected or "
+            f"mismatched weights, e.g. {problems[0]}); give the folder of the base the adapters were trained on"
+        )
 
 
 def _extend_vocabulary(model: MoLELlamaForCausalLM, adapters: list) -> None:
@@ -250,7 +271,10 @@ def _load_expert(model: MoLELlamaForCausalLM, adapter: LoraAdapter) -> None:
         for ab, tensor in pair.items():
             key = f"{module}.lora_{ab}.{name}"
             if key not in parameters:
-                raise ValueError(f"{adapter.path}: {module} has LoRA weights but is not a target of this base model")
+                raise ValueError(
+                    f"{adapter.path}: the adapter has LoRA weights for {module}, which is not among its "
+                    f"target_modules or not in the base model (fewer layers?); check the adapter and the base"
+                )
             if parameters[key].shape != tensor.shape:
                 raise ValueError(
                     f"{adapter.path}: {key} has shape {tuple(tensor.shape)}, but the base model needs "

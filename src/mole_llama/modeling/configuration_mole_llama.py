@@ -4,10 +4,15 @@ This file is copied into saved model folders for `trust_remote_code=True`: it mu
 `mole_llama`, only from transformers and the standard library.
 """
 
+import re
+
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 ALL_LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Names that would shadow attributes of the ParameterDict/ModuleDict holding the experts' weights.
+RESERVED_NAMES = {"keys", "values", "items", "get", "pop", "update", "clear", "copy", "forward", "training", "type"}
 NO_EXPERT = "base"
 """Routing name that switches every expert off: the model then computes exactly its base Llama."""
 
@@ -86,6 +91,12 @@ class MoLELlamaConfig(LlamaConfig):
     def _check_experts_and_router(self):
         """Raise a plain `ValueError` naming the bad setting (strict's validators would wrap it in their own type)."""
         names = [expert["name"] for expert in self.experts]
+        for name in names:
+            if not EXPERT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+                raise ValueError(
+                    f"expert name {name!r} cannot name a weight: use letters, digits and underscores, starting "
+                    f"with a letter, and none of {sorted(RESERVED_NAMES)}"
+                )
         if not names:
             raise ValueError("experts is empty: give at least one expert, e.g. experts=['text', 'speech']")
         if len(set(names)) != len(names):
