@@ -79,8 +79,8 @@ class MoLELinear(nn.Linear):
         self.routing = NO_EXPERT
 
     def expert_update(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name])
-        return F.linear(hidden, self.lora_B[name]) * self.scaling[name]
+        hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]  # scale the narrow side
+        return F.linear(hidden, self.lora_B[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
