@@ -34,7 +34,7 @@ TOKEN_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.token_adapter\.trai
 TABLE_KEY = re.compile(
     r"^base_model\.model\.(?P<module>model\.embed_tokens|lm_head)(\.token_adapter)?(\.base_layer)?\.weight$"
 )
-EMBEDDING_MODULES = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}
+EMBEDDING_MODULES = {"model.embed_tokens", "lm_head"}
 # LoRA adapter settings that leave the maths of a plain LoRA unchanged (or are read explicitly below).
 HARMLESS_LORA_SETTINGS = {
     "peft_type", "peft_version", "task_type", "auto_mapping", "base_model_name_or_path", "revision",
@@ -96,7 +96,7 @@ def read_lora_adapter(path, name: str) -> LoraAdapter:
                     "the config and weights come from different adapters"
                 )
             lora_weights.setdefault(match["module"], {})[match["ab"]] = tensor
-        elif (match := TOKEN_KEY.match(key)) and match["module"] in EMBEDDING_MODULES.values():
+        elif (match := TOKEN_KEY.match(key)) and match["module"] in EMBEDDING_MODULES:
             short = match["module"].rsplit(".", 1)[-1]
             indices = token_indices.get(short) or token_indices.get("embed_tokens")
             if indices is None or len(indices) != tensor.shape[0]:
