@@ -6,8 +6,8 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaForCausalLM
 
 from conftest import NEW_TOKENS, TINY_LLAMA
-from mole_llama.conversion.peft_experts import mole_config_from_base
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
+from mole_llama.conversion.peft_experts import mole_config_from_base
 
 
 def random_ids(vocab, shape=(2, 11), seed=0):

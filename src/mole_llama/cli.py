@@ -10,7 +10,9 @@ from safetensors import SafetensorError
 def parse_expert(text: str) -> tuple:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--expert {text!r}: write it as NAME=ADAPTER_DIR, e.g. speech=out/tts-adapter")
+        raise argparse.ArgumentTypeError(
+            f"--expert {text!r}: write it as NAME=ADAPTER_DIR, e.g. speech=out/tts-adapter"
+        )
     return name, path
 
 

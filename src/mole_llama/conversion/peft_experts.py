@@ -64,7 +64,11 @@ def read_lora_adapter(path, name: str) -> LoraAdapter:
     if not config_file.is_file():
         raise ValueError(f"{path} is not a PEFT adapter folder: {ADAPTER_CONFIG} is missing")
     if not weights_file.is_file():
-        hint = " (only a pickled .bin is there: re-save it with safetensors)" if (path / "adapter_model.bin").exists() else ""
+        hint = (
+            " (only a pickled .bin is there: re-save it with safetensors)"
+            if (path / "adapter_model.bin").exists()
+            else ""
+        )
         raise ValueError(f"{path}: the adapter weights {ADAPTER_WEIGHTS} are missing{hint}")
     try:
         config = json.loads(config_file.read_text())
@@ -115,7 +119,9 @@ def read_lora_adapter(path, name: str) -> LoraAdapter:
 def _check_supported(config: dict, config_file: Path) -> None:
     """Accept only settings known not to change what a plain LoRA computes; name any other one that is set."""
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{config_file}: peft_type is {config.get('peft_type')!r}; a MoLE expert must be a LoRA adapter")
+        raise ValueError(
+            f"{config_file}: peft_type is {config.get('peft_type')!r}; a MoLE expert must be a LoRA adapter"
+        )
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise ValueError(f"{config_file} has no {key!r}: it is not a complete LoRA adapter config")
@@ -211,7 +217,9 @@ def _extend_vocabulary(model: MoLELlamaForCausalLM, adapters: list) -> None:
     tables = {"model.embed_tokens": model.get_input_embeddings().weight}
     if not tied:
         tables["lm_head"] = model.get_output_embeddings().weight
-    rows_by_table = {module: _trained_rows(module, tied, adapters, table[:vocab_size]) for module, table in tables.items()}
+    rows_by_table = {
+        module: _trained_rows(module, tied, adapters, table[:vocab_size]) for module, table in tables.items()
+    }
     wanted = max([vocab_size] + [index + 1 for rows in rows_by_table.values() for index in rows])
     if wanted > vocab_size:
         model.resize_token_embeddings(wanted, mean_resizing=False)
@@ -302,7 +310,9 @@ def export_expert_adapter(model: MoLELlamaForCausalLM, name: str, out_dir) -> Pa
     new_tokens = list(range(config.base_vocab_size, config.vocab_size))
     token_indices = None
     if new_tokens:
-        token_indices = new_tokens if config.tie_word_embeddings else {"embed_tokens": new_tokens, "lm_head": new_tokens}
+        token_indices = (
+            new_tokens if config.tie_word_embeddings else {"embed_tokens": new_tokens, "lm_head": new_tokens}
+        )
     lora_config = LoraConfig(
         r=expert["r"],
         lora_alpha=expert["lora_alpha"],
