@@ -281,3 +281,44 @@ def test_transformers_trainer_trains_only_the_routers(tiny_mole_dir, tmp_path):
     Trainer(model=model, args=args, train_dataset=dataset).train()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(".router." in name for name in changed)
+
+
+@pytest.mark.slow
+def test_trl_sft_trainer_trains_only_the_routers_on_chat_data(tmp_path):
+    """MoLE stage 2 through TRL: chat-formatted data, the real SmolLM2 tokenizer and chat template, a tiny model."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from mole_llama.conversion.gguf import embedded_base_path
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
+    config = MoLELlamaConfig(
+        **{**TINY_LLAMA, **special, "vocab_size": len(tokenizer)}, experts=["text", "speech"], lora_r=4
+    )
+    torch.manual_seed(0)
+    model = MoLELlamaForCausalLM(config)
+    with torch.no_grad():  # trained-looking experts, so that the routing matters to the loss
+        for name, parameter in model.named_parameters():
+            if ".lora_" in name:
+                parameter.normal_(0, 0.5)
+    model.freeze_all_but_routers()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    messages = [
+        [{"role": "user", "content": f"What is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
+        for a in range(4)
+        for b in range(4)
+    ]
+    args = SFTConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=8, learning_rate=5e-2, report_to=[],
+        use_cpu=True, save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"messages": messages}), processing_class=tokenizer
+    )
+    trainer.train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".router." in name for name in changed)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert sum(losses[-2:]) < sum(losses[:2])
