@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from mole_llama import MoLELlamaForCausalLM
+from mole_llama.chat import greedy_chat_reply
 from mole_llama.conversion import gguf
 from mole_llama.conversion.peft_experts import mole_config_from_base
 
@@ -37,11 +37,7 @@ def test_embedded_base_is_a_plain_safetensors_llama(smollm2_dir, monkeypatch):
 
 
 def greedy_answer(model, tokenizer, question: str) -> list:
-    messages = [{"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-    return output[0, inputs["input_ids"].shape[1] :].tolist()
+    return greedy_chat_reply(model, tokenizer, question, max_new_tokens=24).tolist()
 
 
 def test_mole_with_fresh_experts_answers_exactly_as_smollm2(smollm2_dir):

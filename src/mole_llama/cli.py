@@ -64,9 +64,9 @@ def cmd_export_expert(args) -> None:
 
 
 def cmd_ask(args) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .chat import greedy_chat_reply
     from .conversion.gguf import embedded_base_path
 
     model_path = args.model or embedded_base_path()
@@ -76,11 +76,8 @@ def cmd_ask(args) -> None:
         if not hasattr(model, "set_routing"):
             raise ValueError(f"--routing applies to MoLE-Llama models; {model_path} is a {model.config.model_type}")
         model.set_routing(None if args.routing == "learned" else args.routing)
-    messages = [{"role": "user", "content": args.question}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-    print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    reply = greedy_chat_reply(model, tokenizer, args.question, args.max_new_tokens)
+    print(tokenizer.decode(reply, skip_special_tokens=True).strip())
 
 
 def build_parser() -> argparse.ArgumentParser:

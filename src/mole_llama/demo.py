@@ -11,19 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
+from .chat import greedy_chat_reply
 from .conversion.gguf import embedded_base_path
 from .conversion.peft_experts import mole_config_from_base
 from .modeling import MoLELlamaForCausalLM
 
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
-
-
-def answer(model, tokenizer, question: str, max_new_tokens: int = 32):
-    messages = [{"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return output[0, inputs["input_ids"].shape[1] :]
 
 
 def main() -> None:
@@ -42,7 +35,8 @@ def main() -> None:
           f"{sum(p.numel() for p in mole.router_parameters()):,} router parameters")  # fmt: skip
 
     for question in QUESTIONS:
-        base_ids, mole_ids = answer(base, tokenizer, question), answer(mole, tokenizer, question)
+        base_ids = greedy_chat_reply(base, tokenizer, question, max_new_tokens=32)
+        mole_ids = greedy_chat_reply(mole, tokenizer, question, max_new_tokens=32)
         print(f"\nQ: {question}\nSmolLM2:    {tokenizer.decode(base_ids, skip_special_tokens=True).strip()}")
         print(f"MoLE-Llama: {tokenizer.decode(mole_ids, skip_special_tokens=True).strip()}")
         print(f"identical tokens: {torch.equal(base_ids, mole_ids)}")

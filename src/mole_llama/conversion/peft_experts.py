@@ -210,22 +210,26 @@ def _check_base_loaded(base_model_path, report: dict) -> None:
         )
 
 
+def _embedding_tables(model: MoLELlamaForCausalLM) -> dict:
+    """The token tables by module path: the input embeddings, and the LM head when it is not tied to them."""
+    tables = {"model.embed_tokens": model.get_input_embeddings().weight}
+    if not model.config.tie_word_embeddings:
+        tables["lm_head"] = model.get_output_embeddings().weight
+    return tables
+
+
 def _extend_vocabulary(model: MoLELlamaForCausalLM, adapters: list) -> None:
     """Grow the embedding table(s) to the experts' vocabulary and write in the rows they trained."""
     vocab_size = model.config.vocab_size
     tied = model.config.tie_word_embeddings
-    tables = {"model.embed_tokens": model.get_input_embeddings().weight}
-    if not tied:
-        tables["lm_head"] = model.get_output_embeddings().weight
+    tables = _embedding_tables(model)
     rows_by_table = {
         module: _trained_rows(module, tied, adapters, table[:vocab_size]) for module, table in tables.items()
     }
     wanted = max([vocab_size] + [index + 1 for rows in rows_by_table.values() for index in rows])
     if wanted > vocab_size:
         model.resize_token_embeddings(wanted, mean_resizing=False)
-        tables = {"model.embed_tokens": model.get_input_embeddings().weight}
-        if not tied:
-            tables["lm_head"] = model.get_output_embeddings().weight
+        tables = _embedding_tables(model)
     for module, table in tables.items():
         rows = rows_by_table[module]
         untrained = sorted(set(range(vocab_size, wanted)) - set(rows))
@@ -329,10 +333,7 @@ def export_expert_adapter(model: MoLELlamaForCausalLM, name: str, out_dir) -> Pa
             module, ab = key[: -len(f".lora_X.{name}")], key[-len(f"X.{name}")]
             state[f"{PEFT_PREFIX}{module}.lora_{ab}.weight"] = parameter.detach().contiguous()
     if new_tokens:
-        tables = {"model.embed_tokens": model.get_input_embeddings().weight}
-        if not config.tie_word_embeddings:
-            tables["lm_head"] = model.get_output_embeddings().weight
-        for module, table in tables.items():
+        for module, table in _embedding_tables(model).items():
             state[f"{PEFT_PREFIX}{module}.token_adapter.trainable_tokens_delta"] = table[new_tokens].detach().clone()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
