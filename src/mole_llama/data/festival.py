@@ -1,0 +1,77 @@
+"""Speech from Debian's festival voices and sentences from Debian's fortunes: the embedded corpus's raw material.
+
+Needs the Debian packages festival, festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts and fortunes
+(`scripts/setup.sh` installs them).
+"""
+
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+SENTENCE = re.compile(r"[A-Z][A-Za-z ,']*[a-z][.!?]")
+
+
+def synthesize(text: str, voice: str = "kal") -> tuple:
+    """`(waveform float32 in [-1, 1], sampling_rate)` of `text` spoken by festival voice `voice`."""
+    if voice not in VOICES:
+        raise ValueError(f"unknown voice {voice!r}: choose one of {sorted(VOICES)}")
+    if not text.strip():
+        raise ValueError("text is empty: give at least one word")
+    if shutil.which("text2wave") is None:
+        raise RuntimeError(
+            "festival is not installed: apt-get install festival festvox-kallpc16k (see scripts/setup.sh)"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "speech.wav"
+        result = subprocess.run(
+            ["text2wave", "-eval", f"(voice_{VOICES[voice]})", "-o", str(out)],
+            input=text, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"text2wave failed for voice {voice}: {result.stderr.strip()[-300:]}")
+        waveform, rate = soundfile.read(out, dtype="float32")
+    return waveform, rate
+
+
+def fortune_sentences(min_words: int = 5, max_words: int = 12) -> list:
+    """Plain English sentences from the fortunes files, deduplicated, in a fixed order."""
+    files = sorted(p for p in FORTUNES_DIR.glob("*") if p.is_file() and p.suffix == "")
+    if not files:
+        raise RuntimeError(f"no fortunes in {FORTUNES_DIR}: apt-get install fortunes (see scripts/setup.sh)")
+    seen, sentences = set(), []
+    for path in files:
+        text = path.read_text(encoding="latin-1")
+        for fortune in text.split("\n%\n"):
+            flat = " ".join(fortune.split())
+            for sentence in re.split(r"(?<=[.!?])\s+", flat):
+                words = sentence.split()
+                fits = min_words <= len(words) <= max_words and SENTENCE.fullmatch(sentence)
+                if fits and sentence not in seen:
+                    seen.add(sentence)
+                    sentences.append(sentence)
+    return sentences
+
+
+def is_held_out(sentence: str, percent: int = 5) -> bool:
+    """A fixed, content-based split: the same sentence is held out in every run and on every machine."""
+    return zlib.crc32(sentence.encode()) % 100 < percent
+
+
+def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited resampling (polyphase), e.g. the 32 kHz slt voice to 16 kHz."""
+    if rate == target_rate:
+        return waveform.astype(np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    divisor = gcd(rate, target_rate)
+    return resample_poly(waveform, target_rate // divisor, rate // divisor).astype(np.float32)
