@@ -48,7 +48,8 @@ class LogMelSpectrogram(nn.Module):
     @torch.no_grad()
     def invert(self, log_mel: torch.Tensor, iterations: int = 32, seed: int = 0) -> torch.Tensor:
         """`log-mel (batch, n_mels, frames)` -> `waveform (batch, samples)`: mel to linear magnitude by the
-        filter bank's pseudo-inverse, then Griffin-Lim phase recovery (with momentum). About 0.2 s of CPU per second of audio."""
+        filter bank's pseudo-inverse, then Griffin-Lim phase recovery (with momentum).
+        About 0.2 s of CPU per second of audio."""
         if log_mel.dim() == 2:
             log_mel = log_mel[None]
         power = log_mel.float().exp()
