@@ -11,8 +11,9 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import soundfile
+
+from .audio import resample  # noqa: F401  (kept importable from here for callers of the first version)
 
 VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -63,15 +64,3 @@ def fortune_sentences(min_words: int = 5, max_words: int = 12) -> list:
 def is_held_out(sentence: str, percent: int = 5) -> bool:
     """A fixed, content-based split: the same sentence is held out in every run and on every machine."""
     return zlib.crc32(sentence.encode()) % 100 < percent
-
-
-def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited resampling (polyphase), e.g. the 32 kHz slt voice to 16 kHz."""
-    if rate == target_rate:
-        return waveform.astype(np.float32)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    divisor = gcd(rate, target_rate)
-    return resample_poly(waveform, target_rate // divisor, rate // divisor).astype(np.float32)

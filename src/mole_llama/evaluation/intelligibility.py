@@ -5,7 +5,7 @@ import re
 import jiwer
 import numpy as np
 
-from ..data.festival import resample
+from ..data.audio import resample
 
 RECOGNIZER_RATE = 16000
 _decoder = None

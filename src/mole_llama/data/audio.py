@@ -1,0 +1,46 @@
+"""Audio values of a `datasets` Audio column, decoded without torchcodec, and resampling.
+
+datasets 5 decodes audio through torchcodec, which needs FFmpeg's shared libraries; we keep Audio columns with
+`decode=False` (path or bytes of a WAV/FLAC file) and decode them with soundfile instead.
+"""
+
+import io
+from math import gcd
+
+import numpy as np
+import soundfile
+from scipy.signal import resample_poly
+
+
+def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited (polyphase) resampling, e.g. the 32 kHz slt voice to 16 kHz."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if rate == target_rate:
+        return waveform
+    divisor = gcd(int(rate), int(target_rate))
+    return resample_poly(waveform, target_rate // divisor, rate // divisor).astype(np.float32)
+
+
+def decode_audio(value, target_rate: int | None = None) -> tuple:
+    """`(mono float32 waveform, rate)` of an Audio value: `{"array", "sampling_rate"}`, `{"bytes", "path"}`, or a
+    file path; resampled to `target_rate` when given. Multichannel audio is averaged to mono."""
+    if isinstance(value, str):
+        value = {"path": value, "bytes": None}
+    if not isinstance(value, dict):
+        raise ValueError(f"cannot read audio from a {type(value).__name__}: give a path or a datasets Audio value")
+    if value.get("array") is not None:
+        waveform, rate = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
+    elif value.get("bytes") is not None or value.get("path"):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        try:
+            waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            raise ValueError(f"unreadable audio {value.get('path') or '(bytes)'}: {error}") from error
+        waveform = waveform.mean(axis=1)
+    else:
+        raise ValueError("the audio value has neither an array, bytes nor a path")
+    if waveform.ndim != 1:
+        waveform = waveform.mean(axis=-1)
+    if target_rate is not None:
+        waveform, rate = resample(waveform, rate, target_rate), target_rate
+    return waveform, rate
