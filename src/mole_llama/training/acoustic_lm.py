@@ -1,0 +1,265 @@
+"""Training of the acoustic LM (semantic units -> acoustic codec tokens) with transformers' `Trainer`.
+
+The data is a `datasets.Dataset` with columns `semantic_units` (`list[int]`) and `acoustic_codes`
+(`list[list[int]]`, num_codebooks x frames) of the same utterances; an optional `prompt_codes` column
+(num_codebooks x frames, e.g. another utterance of the same speaker) is used as the voice prompt when present.
+Otherwise `AcousticLMDataCollator` cuts a random voice prompt off the front of the utterance itself (the VALL-E
+"continuation" setup): the prompt is the acoustic codes of the first units, the target the rest, so the model
+learns to continue a voice it has only heard, and never sees the answer inside the prompt.
+
+Resuming (`resume_from_checkpoint`) reproduces an uninterrupted run: the prompt cuts are drawn from a seed, the
+epoch and the utterance itself, not from a global random state that a resumed run could not replay.
+"""
+
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..modeling.configuration_acoustic_lm import AcousticLMConfig
+from ..modeling.modeling_acoustic_lm import PAD_CODE, AcousticLMForConditionalGeneration
+
+REQUIRED_COLUMNS = ("semantic_units", "acoustic_codes")
+
+
+def check_acoustic_dataset(dataset, config: AcousticLMConfig) -> None:
+    """Fail early, naming the column and the fix, instead of deep inside the first training step."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"the dataset lacks the column(s) {missing} (it has {dataset.column_names}): add `semantic_units` "
+            f"(list[int]) and `acoustic_codes` (list[list[int]], num_codebooks x frames), e.g. with dataset.map"
+        )
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: give at least one utterance")
+    example = dataset[0]
+    codes = example["acoustic_codes"]
+    if len(codes) != config.num_codebooks or len({len(row) for row in codes}) != 1:
+        raise ValueError(
+            f"acoustic_codes of the first example has {len(codes)} rows of lengths {sorted({len(r) for r in codes})}: "
+            f"store num_codebooks={config.num_codebooks} rows of equal length (codebooks x frames, not frames x "
+            f"codebooks)"
+        )
+    if len(example["semantic_units"]) == 0:
+        raise ValueError("semantic_units of the first example is empty: drop utterances without units")
+
+
+@dataclass
+class AcousticLMDataCollator:
+    """Pads a batch of utterances for `AcousticLMForConditionalGeneration.forward`, cutting voice prompts.
+
+    Args:
+        config: the model's config (rates, codebooks).
+        prompt_probability: chance that an utterance without a `prompt_codes` column entry is split into
+            prompt + target (0 disables voice prompts; 0.5 trains both with and without).
+        min_prompt_seconds / max_prompt_seconds: the length range of such a prompt.
+        min_target_seconds: the least audio left to predict after the prompt (shorter utterances get no prompt).
+        seed: seeds the prompt cuts together with the epoch (set by `EpochToCollatorCallback`) and the utterance.
+    """
+
+    config: AcousticLMConfig
+    prompt_probability: float = 0.5
+    min_prompt_seconds: float = 1.0
+    max_prompt_seconds: float = 3.0
+    min_target_seconds: float = 1.0
+    seed: int = 0
+    epoch: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.prompt_probability <= 1.0:
+            raise ValueError(f"prompt_probability={self.prompt_probability} must lie in [0, 1]")
+        if not 0 < self.min_prompt_seconds <= self.max_prompt_seconds:
+            raise ValueError(
+                f"need 0 < min_prompt_seconds ({self.min_prompt_seconds}) <= max_prompt_seconds "
+                f"({self.max_prompt_seconds})"
+            )
+
+    def _rng(self, units: torch.Tensor) -> random.Random:
+        key = zlib.crc32(units.numpy().astype("int64").tobytes())
+        return random.Random(f"{self.seed}-{self.epoch}-{key}")
+
+    def first_frame_of_unit(self, unit: int) -> int:
+        """The first frame aligned with `unit` (frame `t` reads the unit holding its centre, `t + 0.5` frames)."""
+        return max(0, math.ceil(unit * self.config.frames_per_unit - 0.5 - 1e-9))
+
+    def split_prompt(self, units: torch.Tensor, codes: torch.Tensor):
+        """Maybe cut the utterance into (prompt codes, target units, target codes); prompt is None when not cut."""
+        unit_rate = self.config.semantic_unit_rate
+        min_prompt = max(1, round(self.min_prompt_seconds * unit_rate))
+        max_prompt = max(min_prompt, round(self.max_prompt_seconds * unit_rate))
+        max_prompt = min(max_prompt, units.numel() - max(1, round(self.min_target_seconds * unit_rate)))
+        rng = self._rng(units)
+        if self.prompt_probability == 0 or max_prompt < min_prompt or rng.random() >= self.prompt_probability:
+            return None, units, codes
+        cut = rng.randint(min_prompt, max_prompt)
+        frame = min(self.first_frame_of_unit(cut), codes.shape[1] - 1)
+        if frame < 1:
+            return None, units, codes
+        return codes[:, :frame], units[cut:], codes[:, frame:]
+
+    def __call__(self, features: list) -> dict:
+        units, codes, prompts = [], [], []
+        for feature in features:
+            item_units = torch.as_tensor(feature["semantic_units"], dtype=torch.long)
+            item_codes = torch.as_tensor(feature["acoustic_codes"], dtype=torch.long)
+            if item_codes.dim() != 2 or item_codes.shape[0] != self.config.num_codebooks:
+                raise ValueError(
+                    f"acoustic_codes has shape {tuple(item_codes.shape)}: store num_codebooks="
+                    f"{self.config.num_codebooks} rows of frames (codebooks x frames)"
+                )
+            given = feature.get("prompt_codes")
+            if given is not None and len(given) > 0:
+                prompt = torch.as_tensor(given, dtype=torch.long)
+            else:
+                prompt, item_units, item_codes = self.split_prompt(item_units, item_codes)
+            units.append(item_units)
+            codes.append(item_codes)
+            prompts.append(prompt)
+
+        batch_size, num_codebooks = len(features), self.config.num_codebooks
+        max_units = max(item.numel() for item in units)
+        max_frames = max(item.shape[1] for item in codes)
+        batch = {
+            "semantic_units": torch.zeros(batch_size, max_units, dtype=torch.long),
+            "semantic_units_mask": torch.zeros(batch_size, max_units, dtype=torch.long),
+            "acoustic_codes": torch.zeros(batch_size, num_codebooks, max_frames, dtype=torch.long),
+            "acoustic_codes_mask": torch.zeros(batch_size, max_frames, dtype=torch.long),
+            "labels": torch.full((batch_size, num_codebooks, max_frames), PAD_CODE, dtype=torch.long),
+        }
+        for row, (item_units, item_codes) in enumerate(zip(units, codes)):
+            batch["semantic_units"][row, : item_units.numel()] = item_units
+            batch["semantic_units_mask"][row, : item_units.numel()] = 1
+            batch["acoustic_codes"][row, :, : item_codes.shape[1]] = item_codes
+            batch["acoustic_codes_mask"][row, : item_codes.shape[1]] = 1
+            batch["labels"][row, :, : item_codes.shape[1]] = item_codes
+        if any(prompt is not None for prompt in prompts):
+            max_prompt = max(prompt.shape[1] for prompt in prompts if prompt is not None)
+            batch["prompt_codes"] = torch.zeros(batch_size, num_codebooks, max_prompt, dtype=torch.long)
+            batch["prompt_codes_mask"] = torch.zeros(batch_size, max_prompt, dtype=torch.long)
+            for row, prompt in enumerate(prompts):
+                if prompt is not None:
+                    batch["prompt_codes"][row, :, : prompt.shape[1]] = prompt
+                    batch["prompt_codes_mask"][row, : prompt.shape[1]] = 1
+        return batch
+
+
+class EpochToCollatorCallback(TrainerCallback):
+    """Tell the collator the epoch, so each epoch draws new prompt cuts, and a resumed run draws the same ones."""
+
+    def __init__(self, collator: AcousticLMDataCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch + 1e-6) if state.epoch else 0
+
+
+def default_training_arguments(output_dir: str, **overrides) -> TrainingArguments:
+    """Arguments that suit the acoustic LM on a small machine; any of them can be overridden."""
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        weight_decay=0.01,
+        warmup_steps=0.05,
+        lr_scheduler_type="cosine",
+        num_train_epochs=10,
+        logging_steps=10,
+        save_strategy="steps",
+        save_steps=200,
+        save_total_limit=2,
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def build_acoustic_lm_trainer(
+    model: AcousticLMForConditionalGeneration,
+    train_dataset,
+    args: TrainingArguments,
+    eval_dataset=None,
+    collator: AcousticLMDataCollator | None = None,
+    callbacks: list | None = None,
+) -> Trainer:
+    """A `Trainer` wired with the collator and its epoch callback (call `.train()` yourself)."""
+    check_acoustic_dataset(train_dataset, model.config)
+    if eval_dataset is not None:
+        check_acoustic_dataset(eval_dataset, model.config)
+    collator = collator or AcousticLMDataCollator(model.config, seed=args.seed)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        callbacks=[EpochToCollatorCallback(collator), *(callbacks or [])],
+    )
+
+
+def train_acoustic_lm(
+    model: AcousticLMForConditionalGeneration,
+    train_dataset,
+    args: TrainingArguments,
+    eval_dataset=None,
+    collator: AcousticLMDataCollator | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    save_final: bool = True,
+) -> Trainer:
+    """Train (or resume: a checkpoint folder, or True for the latest in `args.output_dir`) and save the final
+    model in `args.output_dir`. Returns the trainer, whose `state.log_history` holds the losses."""
+    trainer = build_acoustic_lm_trainer(model, train_dataset, args, eval_dataset=eval_dataset, collator=collator)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if save_final:
+        trainer.save_model(args.output_dir)
+    return trainer
+
+
+@torch.no_grad()
+def acoustic_lm_accuracy(
+    model: AcousticLMForConditionalGeneration, dataset, batch_size: int = 8, greedy: bool = False
+) -> dict:
+    """Share of codes predicted right, per codebook and overall: teacher-forced (argmax of `forward`), and with
+    `greedy=True` also free-running (greedy `generate` against the reference codes). No voice prompt."""
+    model.eval()
+    collator = AcousticLMDataCollator(model.config, prompt_probability=0.0)
+    num_codebooks = model.config.num_codebooks
+    counts = {"teacher_forced": torch.zeros(num_codebooks), "greedy": torch.zeros(num_codebooks)}
+    total = torch.zeros(num_codebooks)
+    device = model.device
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {name: value.to(device) for name, value in batch.items()}
+        labels = batch["labels"]
+        valid = labels != PAD_CODE
+        predicted = model(**batch).logits.argmax(dim=-1).transpose(1, 2)
+        counts["teacher_forced"] += ((predicted == labels) & valid).sum(dim=(0, 2)).cpu().float()
+        total += valid.sum(dim=(0, 2)).cpu().float()
+        if greedy:
+            generated = model.generate(
+                batch["semantic_units"], semantic_units_mask=batch["semantic_units_mask"], do_sample=False
+            )
+            frames = min(generated.shape[2], labels.shape[2])
+            hits = (generated[:, :, :frames] == labels[:, :, :frames]) & valid[:, :, :frames]
+            counts["greedy"] += hits.sum(dim=(0, 2)).cpu().float()
+    result = {}
+    for kind in ("teacher_forced", "greedy") if greedy else ("teacher_forced",):
+        per_codebook = counts[kind] / total.clamp(min=1)
+        result[f"{kind}_accuracy"] = float(counts[kind].sum() / total.sum().clamp(min=1))
+        result[f"{kind}_accuracy_per_codebook"] = per_codebook.tolist()
+    return result
+
+
+__all__ = [
+    "AcousticLMDataCollator",
+    "EpochToCollatorCallback",
+    "acoustic_lm_accuracy",
+    "build_acoustic_lm_trainer",
+    "check_acoustic_dataset",
+    "default_training_arguments",
+    "train_acoustic_lm",
+]

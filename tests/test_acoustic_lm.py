@@ -1,0 +1,494 @@
+"""Acoustic LM: semantic units (+ voice prompt) -> multi-codebook acoustic codes, on tiny random configs."""
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerState
+from transformers.utils import logging as hf_logging
+
+from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
+from mole_llama.modeling.modeling_acoustic_lm import PAD_CODE, AcousticLMForConditionalGeneration
+from mole_llama.training.acoustic_lm import (
+    AcousticLMDataCollator,
+    EpochToCollatorCallback,
+    acoustic_lm_accuracy,
+    build_acoustic_lm_trainer,
+    default_training_arguments,
+    train_acoustic_lm,
+)
+
+TINY = dict(
+    num_semantic_units=20,
+    num_codebooks=3,
+    codebook_size=16,
+    semantic_unit_rate=25,
+    acoustic_frame_rate=50,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+def tiny_model(seed=0, **overrides) -> AcousticLMForConditionalGeneration:
+    torch.manual_seed(seed)
+    return AcousticLMForConditionalGeneration(AcousticLMConfig(**{**TINY, **overrides})).eval()
+
+
+def random_units(length, seed=0, high=20):
+    return torch.randint(0, high, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+def random_codes(frames, seed=0, num_codebooks=3, size=16):
+    return torch.randint(0, size, (num_codebooks, frames), generator=torch.Generator().manual_seed(seed))
+
+
+def teacher_forced_argmax(model, units, codes, **kwargs):
+    """The no-cache recomputation: one full forward over the given codes, argmax per (frame, codebook)."""
+    with torch.no_grad():
+        return model(units, codes, **kwargs).logits.argmax(dim=-1).transpose(1, 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(num_codebooks=0), "num_codebooks"),
+        (dict(semantic_unit_rate=0), "semantic_unit_rate"),
+        (dict(acoustic_frame_rate=-75.0), "acoustic_frame_rate"),
+        (dict(hidden_size=30), "multiple of num_attention_heads"),
+        (dict(num_key_value_heads=3), "num_key_value_heads"),
+    ],
+)
+def test_config_rejects_bad_settings(bad, message):
+    with pytest.raises(ValueError, match=message):
+        AcousticLMConfig(**{**TINY, **bad})
+
+
+def test_config_frame_counts():
+    assert AcousticLMConfig(semantic_unit_rate=50, acoustic_frame_rate=50).num_frames(7) == 7
+    assert AcousticLMConfig(semantic_unit_rate=25, acoustic_frame_rate=75).num_frames(7) == 21
+    assert AcousticLMConfig(semantic_unit_rate=50, acoustic_frame_rate=75).num_frames(3) == 5  # ceil(4.5)
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+def test_forward_shapes_and_loss(model):
+    units = torch.stack([random_units(6, seed) for seed in range(2)])
+    codes = torch.stack([random_codes(12, seed) for seed in range(2)])
+    output = model(units, codes)
+    assert output.logits.shape == (2, 12, 3, 16)
+    assert output.codebook_losses.shape == (3,)
+    assert output.frames_mask.shape == (2, 12) and bool(output.frames_mask.all())
+    # an untrained model is close to uniform over the 16 codes
+    assert abs(output.loss.item() - torch.log(torch.tensor(16.0)).item()) < 0.5
+    assert torch.allclose(output.loss, output.codebook_losses.mean(), atol=1e-6)
+
+
+def test_padding_changes_nothing(model):
+    """An item in a padded batch (with masks, with -100 frames, or as ragged lists) scores as it does alone."""
+    short_units, long_units = random_units(4, 1), random_units(7, 2)
+    short_codes, long_codes = random_codes(8, 1), random_codes(14, 2)
+    alone = model(short_units, short_codes)
+    units = torch.zeros(2, 7, dtype=torch.long)
+    units[0, :4], units[1] = short_units, long_units
+    units_mask = torch.zeros(2, 7, dtype=torch.long)
+    units_mask[0, :4], units_mask[1] = 1, 1
+    codes = torch.full((2, 3, 14), PAD_CODE)
+    codes[0, :, :8], codes[1] = short_codes, long_codes
+    padded = model(units, codes, semantic_units_mask=units_mask)
+    ragged = model([short_units, long_units], [short_codes, long_codes])
+    for batch in (padded, ragged):
+        assert torch.allclose(batch.logits[0, :8], alone.logits[0], atol=1e-5)
+        assert batch.frames_mask[0].tolist() == [1] * 8 + [0] * 6
+    # the loss ignores padding: the mean of the two items' losses weighted by their frames
+    long_alone = model(long_units, long_codes)
+    expected = (alone.loss * 8 + long_alone.loss * 14) / 22
+    assert torch.allclose(padded.loss, expected, atol=1e-5)
+
+
+def test_labels_alone_are_enough_and_minus_100_is_ignored(model):
+    units, codes = random_units(5, 3), random_codes(10, 3)
+    full = model(units, codes)
+    assert torch.allclose(model(units, labels=codes[None]).loss, full.loss, atol=1e-6)
+    labels = codes.clone()[None]
+    labels[0, 2] = PAD_CODE  # no loss on the last codebook
+    partial = model(units, codes, labels=labels)
+    assert torch.allclose(partial.loss, full.codebook_losses[:2].mean(), atol=1e-5)
+
+
+def test_loss_backpropagates_to_every_weight(model):
+    trainable = tiny_model(seed=1).train()
+    prompt = random_codes(4, 9)
+    trainable(random_units(5, 3), random_codes(10, 3), prompt_codes=prompt).loss.backward()
+    missing = [name for name, p in trainable.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+# ----------------------------------------------------------------------------------------------- generate
+
+
+@pytest.mark.parametrize("unit_rate, frame_rate", [(50, 50), (25, 50), (25, 75), (50, 75)])
+def test_generated_length_follows_the_units(unit_rate, frame_rate):
+    model = tiny_model(semantic_unit_rate=unit_rate, acoustic_frame_rate=frame_rate)
+    lengths = [1, 4, 9]
+    output = model.generate([random_units(n, n) for n in lengths], seed=0, top_k=3, return_dict_in_generate=True)
+    expected = [model.config.num_frames(n) for n in lengths]
+    assert output.lengths.tolist() == expected
+    assert output.codes.shape == (3, 3, max(expected))
+    for row, frames in enumerate(expected):
+        assert bool((output.codes[row, :, :frames] >= 0).all())
+        assert bool((output.codes[row, :, frames:] == PAD_CODE).all())
+    capped = model.generate(random_units(9, 9), seed=0, max_frames=5)
+    assert capped.shape == (1, 3, 5)
+
+
+def test_greedy_with_cache_equals_no_cache_recomputation(model):
+    units = torch.stack([random_units(7, seed) for seed in (4, 5)])
+    generated = model.generate(units, do_sample=False)
+    assert generated.shape == (2, 3, 14)
+    assert torch.equal(teacher_forced_argmax(model, units, generated), generated)
+    prompt = random_codes(6, 7)
+    prompted = model.generate(units, prompt_codes=prompt, do_sample=False)
+    assert torch.equal(teacher_forced_argmax(model, units, prompted, prompt_codes=prompt), prompted)
+    assert not torch.equal(prompted, generated)  # the prompt is seen
+
+
+def test_batch_of_different_lengths_equals_items_alone(model):
+    units = [random_units(n, n) for n in (3, 7, 5)]
+    prompts = [random_codes(4, 11), None, random_codes(9, 12)]
+    batch = model.generate(units, prompt_codes=prompts, do_sample=False)
+    for row, (item_units, prompt) in enumerate(zip(units, prompts)):
+        alone = model.generate(item_units, prompt_codes=prompt, do_sample=False)[0]
+        assert torch.equal(batch[row, :, : alone.shape[1]], alone)
+    # the same batch as padded tensors with masks (units left-padded, prompts right-padded)
+    units_tensor = torch.zeros(3, 7, dtype=torch.long)
+    units_mask = torch.zeros(3, 7, dtype=torch.long)
+    prompt_tensor = torch.zeros(3, 3, 9, dtype=torch.long)
+    prompt_mask = torch.zeros(3, 9, dtype=torch.long)
+    for row, (item_units, prompt) in enumerate(zip(units, prompts)):
+        units_tensor[row, 7 - len(item_units) :] = item_units
+        units_mask[row, 7 - len(item_units) :] = 1
+        if prompt is not None:
+            prompt_tensor[row, :, : prompt.shape[1]] = prompt
+            prompt_mask[row, : prompt.shape[1]] = 1
+    padded = model.generate(
+        units_tensor,
+        prompt_codes=prompt_tensor,
+        semantic_units_mask=units_mask,
+        prompt_codes_mask=prompt_mask,
+        do_sample=False,
+    )
+    assert torch.equal(padded, batch)
+
+
+def test_seed_gives_reproducible_samples_without_touching_global_rng(model):
+    units = random_units(8, 6)
+    state = torch.get_rng_state()
+    first = model.generate(units, seed=123)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(model.generate(units, seed=123), first)
+    assert not torch.equal(model.generate(units, seed=124), first)
+
+
+def test_sampling_filters(model):
+    units = random_units(6, 8)
+    greedy = model.generate(units, do_sample=False)
+    assert torch.equal(model.generate(units, top_k=1, seed=0), greedy)
+    assert torch.equal(model.generate(units, top_p=1e-6, seed=0), greedy)
+    assert torch.equal(model.generate(units, temperature=1e-4, seed=0), greedy)
+    mixed = model.generate(units, temperature=1.5, top_k=5, top_p=0.9, seed=0)
+    assert mixed.shape == greedy.shape and bool((mixed >= 0).all() and (mixed < 16).all())
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(units, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(units, top_p=1.5)
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(model):
+    units = random_units(4, 0)
+    with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
+        model.generate(torch.tensor([1, 2, 20]))
+    with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
+        model.generate([[0, -1, 3]])
+    with pytest.raises(ValueError, match="empty"):
+        model.generate([[1, 2], []])
+    with pytest.raises(ValueError, match="empty batch"):
+        model.generate([])
+    with pytest.raises(ValueError, match="num_codebooks=3"):
+        model(units, torch.zeros(1, 2, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[batch, num_codebooks, frames\]"):
+        model(units, torch.zeros(1, 1, 3, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"outside \[0, 16\)"):
+        model(units, torch.full((1, 3, 8), 16))
+    with pytest.raises(ValueError, match="same audio"):
+        model(units, torch.zeros(1, 3, 30, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_codebooks=3"):
+        model.generate(units, prompt_codes=torch.zeros(1, 4, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(random_units(200, 1))
+    with pytest.raises(ValueError, match="semantic_units_mask"):
+        model.generate(units[None], semantic_units_mask=torch.ones(1, 5))
+    with pytest.raises(ValueError, match="acoustic_codes"):
+        model(units)
+
+
+# ----------------------------------------------------------------------------------------------- save / load
+
+
+def test_save_and_load_give_identical_outputs(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_acoustic_lm.AcousticLMConfig",
+        "AutoModel": "modeling_acoustic_lm.AcousticLMForConditionalGeneration",
+    }
+    for name in ("configuration_acoustic_lm.py", "modeling_acoustic_lm.py"):
+        source = (tmp_path / name).read_text()
+        assert not any(
+            line.lstrip().startswith(("import mole_llama", "from mole_llama", "from .."))
+            for line in source.splitlines()
+        ), name
+    loaded = AcousticLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    units, codes, prompt = random_units(6, 2), random_codes(12, 2), random_codes(5, 3)
+    with torch.no_grad():
+        assert torch.equal(
+            model(units, codes, prompt_codes=prompt).logits, loaded(units, codes, prompt_codes=prompt).logits
+        )
+    assert torch.equal(
+        model.generate(units, prompt_codes=prompt, seed=5), loaded.generate(units, prompt_codes=prompt, seed=5)
+    )
+
+
+BLOCK_MOLE_LLAMA = textwrap.dedent(
+    """
+    import sys
+
+    class BlockMoleLlama:
+        def find_spec(self, name, path=None, target=None):
+            if name == "mole_llama" or name.startswith("mole_llama."):
+                raise ImportError("mole_llama is blocked in this interpreter")
+
+    sys.meta_path.insert(0, BlockMoleLlama())
+    """
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: ~10 s here
+def test_remote_code_loads_without_the_package(model, tmp_path):
+    folder = tmp_path / "acoustic_lm"
+    model.save_pretrained(folder)
+    units, prompt = random_units(6, 4), random_codes(5, 6)
+    torch.save({"units": units, "prompt": prompt}, tmp_path / "inputs.pt")
+    script = BLOCK_MOLE_LLAMA + textwrap.dedent(
+        f"""
+        import torch
+        try:
+            import mole_llama
+            raise SystemExit("mole_llama must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoConfig, AutoModel
+
+        folder = {str(folder)!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        codes = model.generate(inputs["units"], prompt_codes=inputs["prompt"], seed=7)
+        with torch.no_grad():
+            logits = model(inputs["units"], codes, prompt_codes=inputs["prompt"]).logits
+        torch.save({{"codes": codes, "logits": logits, "config": type(config).__name__,
+                     "model": type(model).__name__}}, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert (remote["config"], remote["model"]) == ("AcousticLMConfig", "AcousticLMForConditionalGeneration")
+    local_codes = model.generate(units, prompt_codes=prompt, seed=7)
+    assert torch.equal(remote["codes"], local_codes)
+    with torch.no_grad():
+        assert torch.allclose(model(units, local_codes, prompt_codes=prompt).logits, remote["logits"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+SYNTHETIC = dict(num_semantic_units=6, num_codebooks=3, codebook_size=8, num_speakers=4)
+
+
+def synthetic_dataset(size: int, seed: int) -> Dataset:
+    """Codes that follow from the aligned unit and the previous frame (codebook 0), the lower codebook and the
+    frame's rank in its unit (codebook 1), and the speaker alone (codebook 2: only a voice prompt reveals it)."""
+    rng = random.Random(seed)
+    size_v = SYNTHETIC["codebook_size"]
+    rows = []
+    for _ in range(size):
+        units = [rng.randrange(SYNTHETIC["num_semantic_units"]) for _ in range(rng.randint(6, 12))]
+        speaker = rng.randrange(SYNTHETIC["num_speakers"])
+        codes, previous = [[], [], []], 0
+        for frame in range(2 * len(units)):  # 25 Hz units, 50 Hz frames
+            code = (units[frame // 2] + previous) % size_v
+            codes[0].append(code)
+            codes[1].append((code + frame % 2) % size_v)
+            codes[2].append(speaker)
+            previous = code
+        rows.append({"semantic_units": units, "acoustic_codes": codes, "speaker": speaker})
+    return Dataset.from_list(rows)
+
+
+def synthetic_model(seed=0) -> AcousticLMForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = AcousticLMConfig(
+        num_semantic_units=SYNTHETIC["num_semantic_units"],
+        num_codebooks=SYNTHETIC["num_codebooks"],
+        codebook_size=SYNTHETIC["codebook_size"],
+        semantic_unit_rate=25,
+        acoustic_frame_rate=50,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
+    return AcousticLMForConditionalGeneration(config)
+
+
+def short_prompts_collator(config, **kwargs):
+    return AcousticLMDataCollator(
+        config, prompt_probability=0.5, min_prompt_seconds=0.1, max_prompt_seconds=0.2, min_target_seconds=0.1, **kwargs
+    )
+
+
+def test_collator_pads_and_cuts_prompts_from_the_same_utterance():
+    config = synthetic_model().config
+    data = synthetic_dataset(16, 3)
+    collator = short_prompts_collator(config)
+    batch = collator([data[i] for i in range(16)])
+    assert "prompt_codes" in batch and 0 < int(batch["prompt_codes_mask"].sum(dim=1).gt(0).sum()) < 16
+    for row in range(16):
+        units = torch.tensor(data[row]["semantic_units"])
+        codes = torch.tensor(data[row]["acoustic_codes"])
+        n_units = int(batch["semantic_units_mask"][row].sum())
+        n_frames = int(batch["acoustic_codes_mask"][row].sum())
+        n_prompt = int(batch["prompt_codes_mask"][row].sum())
+        prompt = batch["prompt_codes"][row, :, :n_prompt]
+        target = batch["acoustic_codes"][row, :, :n_frames]
+        assert torch.equal(torch.cat([prompt, target], dim=1), codes)  # prompt + target = the utterance
+        assert torch.equal(batch["semantic_units"][row, :n_units], units[len(units) - n_units :])
+        assert n_frames == config.num_frames(n_units)  # the cut falls on a unit boundary
+        assert bool((batch["labels"][row, :, n_frames:] == PAD_CODE).all())
+        assert torch.equal(batch["labels"][row, :, :n_frames], target)
+    again = collator([data[i] for i in range(16)])
+    assert all(torch.equal(batch[name], again[name]) for name in batch)  # same seed and epoch, same cuts
+    collator.epoch = 1
+    assert not torch.equal(collator([data[i] for i in range(16)])["semantic_units_mask"], batch["semantic_units_mask"])
+    no_prompts = AcousticLMDataCollator(config, prompt_probability=0.0)([data[0], data[1]])
+    assert "prompt_codes" not in no_prompts
+
+
+def test_epoch_callback_tells_the_collator_the_epoch_also_when_resuming():
+    collator = short_prompts_collator(synthetic_model().config)
+    callback = EpochToCollatorCallback(collator)
+    for epoch, expected in ((0.0, 0), (1.0, 1), (1.6, 1), (2.0, 2)):
+        callback.on_epoch_begin(None, TrainerState(epoch=epoch), None)
+        assert collator.epoch == expected
+
+
+@pytest.mark.slow
+def test_training_learns_the_synthetic_task_and_the_voice_prompt(tmp_path):
+    hf_logging.set_verbosity_error()
+    train, held_out = synthetic_dataset(192, 0), synthetic_dataset(24, 1)
+    model = synthetic_model()
+    args = default_training_arguments(
+        tmp_path,
+        num_train_epochs=8,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        save_strategy="no",
+        logging_steps=10,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = train_acoustic_lm(
+        model, train, args, eval_dataset=held_out, collator=short_prompts_collator(model.config)
+    )
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[0] > 1.2 and losses[-1] < 0.3, losses
+    assert trainer.evaluate()["eval_loss"] < 0.4
+    accuracy = acoustic_lm_accuracy(model, held_out, greedy=True)
+    assert min(accuracy["teacher_forced_accuracy_per_codebook"][:2]) > 0.95, accuracy
+    assert min(accuracy["greedy_accuracy_per_codebook"][:2]) > 0.9, accuracy
+    # the speaker codebook is a guess without a prompt, and follows a prompt of another utterance of that speaker
+    prompt_hits = frames = 0
+    for example in held_out:
+        prompt = torch.tensor([[0, 1, 2, 3], [0, 2, 2, 4], [example["speaker"]] * 4])
+        generated = model.generate(example["semantic_units"], prompt_codes=prompt, do_sample=False)[0]
+        prompt_hits += int((generated[2] == example["speaker"]).sum())
+        frames += generated.shape[1]
+    assert prompt_hits / frames > 0.9
+    assert prompt_hits / frames > accuracy["greedy_accuracy_per_codebook"][2] + 0.3
+    reloaded = AcousticLMForConditionalGeneration.from_pretrained(tmp_path)  # saved at the end
+    assert torch.equal(reloaded.generate([1, 2, 3], do_sample=False), model.generate([1, 2, 3], do_sample=False))
+
+
+class StopAt(TrainerCallback):
+    """Interrupts training after a given step (the checkpoint of that step is written first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.slow
+def test_resuming_from_a_checkpoint_gives_the_same_weights(tmp_path):
+    hf_logging.set_verbosity_error()
+    data = synthetic_dataset(40, 2)
+
+    def run(output_dir, stop_at=None, resume=None):
+        model = synthetic_model(seed=0)
+        args = default_training_arguments(
+            output_dir,
+            max_steps=10,
+            per_device_train_batch_size=8,
+            save_steps=4,
+            save_total_limit=None,
+            logging_steps=2,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = build_acoustic_lm_trainer(model, data, args, collator=short_prompts_collator(model.config))
+        if stop_at is not None:
+            trainer.add_callback(StopAt(stop_at))
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "interrupted", stop_at=8)  # 40 examples / 8 = 5 steps per epoch: resumes inside epoch 2
+    assert (tmp_path / "interrupted" / "checkpoint-8").exists()
+    resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-8"))
+    for (name, expected), (_, actual) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(expected, actual, atol=1e-6), name
