@@ -1,10 +1,10 @@
 """mole-llama: teach a pretrained Llama to speak with LoRA experts and a learned router (arXiv 2410.20336).
 
-Importing the package registers MoLE-Llama with transformers' auto classes, so saved folders load with
-`AutoConfig` / `AutoModel` / `AutoModelForCausalLM.from_pretrained(path)` and no `trust_remote_code`.
+Importing the package registers its models with transformers' auto classes, so saved folders load with
+`AutoConfig` / `AutoModel` / `AutoModelForCausalLM` / `pipeline("text-to-speech")` and no `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTextToWaveform
 
 from .modeling import (
     NO_EXPERT,
@@ -14,18 +14,40 @@ from .modeling import (
     MoLELlamaModel,
     MoLELlamaPreTrainedModel,
 )
+from .modeling.configuration_acoustic_lm import AcousticLMConfig
+from .modeling.configuration_mel_codec import MelCodecConfig
+from .modeling.configuration_semantic_units import SemanticUnitsConfig
+from .modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from .modeling.modeling_mel_codec import MelCodecModel
+from .modeling.modeling_semantic_units import SemanticUnitsModel
+from .modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
 
 __version__ = "0.1.0"
 
-AutoConfig.register(MoLELlamaConfig.model_type, MoLELlamaConfig, exist_ok=True)
-AutoModel.register(MoLELlamaConfig, MoLELlamaModel, exist_ok=True)
+for config_class, model_class in (
+    (MoLELlamaConfig, MoLELlamaModel),
+    (AcousticLMConfig, AcousticLMForConditionalGeneration),
+    (MelCodecConfig, MelCodecModel),
+    (SemanticUnitsConfig, SemanticUnitsModel),
+):
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
 AutoModelForCausalLM.register(MoLELlamaConfig, MoLELlamaForCausalLM, exist_ok=True)
+# What pipeline("text-to-speech") loads for a MoLE-Llama folder: the same LLM, plus its speech parts.
+AutoModelForTextToWaveform.register(MoLELlamaConfig, MoLELlamaForTextToWaveform, exist_ok=True)
 
 __all__ = [
     "NO_EXPERT",
+    "AcousticLMConfig",
+    "AcousticLMForConditionalGeneration",
+    "MelCodecConfig",
+    "MelCodecModel",
     "MoLECausalLMOutputWithPast",
     "MoLELlamaConfig",
     "MoLELlamaForCausalLM",
+    "MoLELlamaForTextToWaveform",
     "MoLELlamaModel",
     "MoLELlamaPreTrainedModel",
+    "SemanticUnitsConfig",
+    "SemanticUnitsModel",
 ]

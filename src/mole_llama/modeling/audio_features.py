@@ -58,6 +58,10 @@ class LogMelSpectrogram(nn.Module):
         About 0.2 s of CPU per second of audio."""
         if log_mel.dim() == 2:
             log_mel = log_mel[None]
+        frames = log_mel.shape[-1]
+        shortest = self.n_fft // self.hop_length + 2  # fewer frames cannot be re-analysed by the STFT
+        if frames < shortest:  # pad with silence, trim after
+            log_mel = torch.nn.functional.pad(log_mel, (0, shortest - frames), value=math.log(1e-5))
         _, mel_inverse, window = self.constants(log_mel.device)
         power = log_mel.float().exp()
         magnitude = (mel_inverse @ power).clamp(min=0).sqrt()
@@ -73,5 +77,6 @@ class LogMelSpectrogram(nn.Module):
             previous = rebuilt
             spectrum = magnitude * torch.exp(1j * accelerated.angle())
         waveform = torch.istft(spectrum, self.n_fft, self.hop_length, window=window, length=length)
+        waveform = waveform[..., : max(frames - 1, 1) * self.hop_length]
         peak = waveform.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8)
         return waveform * torch.where(peak > 0.99, 0.99 / peak, torch.ones_like(peak))

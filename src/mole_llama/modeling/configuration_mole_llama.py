@@ -48,6 +48,12 @@ class MoLELlamaConfig(LlamaConfig):
             Where the base Llama came from, recorded for model cards and for exporting experts back to PEFT.
         base_vocab_size (`int`, *optional*):
             Vocabulary size of that base before any tokens (e.g. speech units) were added.
+        num_speech_units (`int`, *optional*):
+            Number of semantic unit tokens (`<|speech_0|>`...) in the vocabulary of a model that speaks.
+        sampling_rate (`int`, *optional*):
+            Rate of the audio a speaking model makes (its codec's); read by the text-to-speech pipeline.
+        tts_instruction (`str`, *optional*):
+            The instruction that precedes the text in the TTS prompt (the one it was trained with).
     """
 
     model_type = "mole_llama"
@@ -61,6 +67,9 @@ class MoLELlamaConfig(LlamaConfig):
     routing: str | None = None
     base_model_name_or_path: str | None = None
     base_vocab_size: int | None = None
+    num_speech_units: int | None = None
+    sampling_rate: int | None = None
+    tts_instruction: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.target_modules is None:

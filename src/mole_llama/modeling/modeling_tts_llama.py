@@ -1,0 +1,177 @@
+"""TTS-Llama / MoLE-Llama that speaks: text -> semantic units (the LLM) -> acoustic codes (acoustic LM) -> waveform.
+
+`MoLELlamaForTextToWaveform` is the LLM itself (same weights and keys as `MoLELlamaForCausalLM`); its speech parts
+live in subfolders of the saved model (`acoustic_lm/`, `codec/`) and are loaded beside it, outside its module
+tree. Registered under `AutoModelForTextToWaveform`, it is what transformers' stock "text-to-speech" pipeline loads:
+the pipeline calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
+
+Self-contained (torch, transformers, huggingface_hub and sibling files) for `trust_remote_code=True`.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, LogitsProcessorList
+
+from .acoustic_codec import load_acoustic_codec
+from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from .modeling_mole_llama import MoLELlamaForCausalLM
+from .speech_units import TTS_INSTRUCTION, SpeechTokenIds, SpeechUnitsLogitsProcessor, tts_prompt_ids
+
+TEXT_TO_WAVEFORM_AUTO_MAP = {"AutoModelForTextToWaveform": "modeling_tts_llama.MoLELlamaForTextToWaveform"}
+SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+MAX_CHUNK_WORDS = 30
+PAUSE_SECONDS = 0.15
+MIN_VOICE_SECONDS = 1.0
+LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+
+
+def split_text(text: str) -> list:
+    """Sentences of `text`, long ones cut at commas or every `MAX_CHUNK_WORDS` words, so each piece stays short."""
+    pieces = []
+    for sentence in SENTENCE_END.split(text.strip()):
+        words = sentence.split()
+        while len(words) > MAX_CHUNK_WORDS:
+            pieces.append(" ".join(words[:MAX_CHUNK_WORDS]))
+            words = words[MAX_CHUNK_WORDS:]
+        if words:
+            pieces.append(" ".join(words))
+    return pieces
+
+
+def _resolve_folder(name_or_path) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(name_or_path)))
+
+
+class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
+    """Speaks with `generate(input_ids)` -> `{"audio": (batch, samples) or list, "sampling_rate": int}`.
+
+    `input_ids` are the plain tokenized text (as the pipeline gives them); the TTS prompt (chat template + start
+    marker) is built here, long text is split into sentences and joined with short pauses, and `voice` (a
+    waveform at the codec's rate, or `(waveform, rate)`) conditions the acoustic LM on a reference speaker.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.speech_parts = {}  # tokenizer, acoustic_lm, codec: kept out of the module tree (saved in subfolders)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.load_speech_parts(pretrained_model_name_or_path)
+        return model
+
+    def load_speech_parts(self, name_or_path) -> None:
+        folder = _resolve_folder(name_or_path)
+        for part in ("acoustic_lm", "codec"):
+            if not (folder / part / "config.json").is_file():
+                raise ValueError(f"{folder} has no {part}/ subfolder: it is not a complete TTS model folder")
+        self.speech_parts = {
+            "tokenizer": AutoTokenizer.from_pretrained(folder),
+            "acoustic_lm": AcousticLMForConditionalGeneration.from_pretrained(folder / "acoustic_lm").eval(),
+            "codec": load_acoustic_codec(folder / "codec"),
+        }
+        self.speech_ids = SpeechTokenIds.from_tokenizer(self.speech_parts["tokenizer"], self.config.num_speech_units)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save the LLM with every entry point (causal LM and text-to-waveform), then its speech parts."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **TEXT_TO_WAVEFORM_AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.speech_parts:
+            self.speech_parts["tokenizer"].save_pretrained(save_directory)
+            self.speech_parts["acoustic_lm"].save_pretrained(Path(save_directory) / "acoustic_lm")
+            self.speech_parts["codec"].save_pretrained(Path(save_directory) / "codec")
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.speech_parts["codec"].sampling_rate
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, voice=None, seed=None, **kwargs):
+        if not self.speech_parts:
+            raise ValueError("the speech parts are not loaded: load the model with from_pretrained(folder)")
+        tokenizer = self.speech_parts["tokenizer"]
+        rows = (
+            input_ids if attention_mask is None else [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
+        )
+        texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        if seed is not None:
+            torch.manual_seed(seed)
+        prompt_codes = self.voice_prompt(voice) if voice is not None else None
+        audio = [self.speak(text, prompt_codes, **kwargs) for text in texts]
+        return {"audio": audio if len(audio) > 1 else audio[0][None], "sampling_rate": self.sampling_rate}
+
+    def voice_prompt(self, voice) -> torch.LongTensor:
+        """Acoustic codes of reference audio: a waveform at the codec's rate, `(waveform, rate)` or a file path."""
+        codec = self.speech_parts["codec"]
+        if isinstance(voice, (str, Path)):
+            import soundfile
+
+            waveform, rate = soundfile.read(str(voice), dtype="float32", always_2d=True)
+            waveform = waveform.mean(axis=1)
+        elif isinstance(voice, tuple):
+            waveform, rate = voice
+        else:
+            waveform, rate = voice, codec.sampling_rate
+        waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        if rate != codec.sampling_rate:
+            from scipy.signal import resample_poly
+
+            waveform = resample_poly(waveform, codec.sampling_rate, rate).astype(np.float32)
+        if len(waveform) < MIN_VOICE_SECONDS * codec.sampling_rate:
+            raise ValueError(
+                f"the voice reference is {len(waveform) / codec.sampling_rate:.2f} s: "
+                f"give at least {MIN_VOICE_SECONDS} s of speech"
+            )
+        if np.abs(waveform).max() < 1e-3:
+            raise ValueError("the voice reference is silent: give a recording of someone speaking")
+        return codec.encode(torch.from_numpy(waveform)[None])[0]
+
+    def speak(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
+        """One text to one waveform (1-D float tensor), sentence by sentence."""
+        pieces = split_text(text)
+        if not pieces:
+            raise ValueError("text is empty: give at least one word")
+        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
+        waves = []
+        for piece in pieces:
+            waves += [self.speak_piece(piece, prompt_codes, **kwargs), pause]
+        return torch.cat(waves[:-1])
+
+    def speak_piece(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
+        tokenizer, speech = self.speech_parts["tokenizer"], self.speech_ids
+        instruction = getattr(self.config, "tts_instruction", None) or TTS_INSTRUCTION
+        prompt = torch.tensor([tts_prompt_ids(tokenizer, text, speech, instruction)], device=self.device)
+        llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
+        generated = super().generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(speech)]),
+            eos_token_id=speech.end,
+            pad_token_id=tokenizer.pad_token_id,
+            **llm_kwargs,
+        )
+        units = speech.token_ids_to_units(generated[0, prompt.shape[1] :])
+        if not units:
+            raise ValueError(f"the model produced no speech units for {text!r}")
+        acoustic_lm = self.speech_parts["acoustic_lm"]
+        codes = acoustic_lm.generate(
+            torch.tensor([units]),
+            prompt_codes=None if prompt_codes is None else prompt_codes[None],
+            temperature=kwargs.get("acoustic_temperature", 1.0),
+            top_k=kwargs.get("acoustic_top_k"),
+            do_sample=kwargs.get("acoustic_do_sample", True),
+        )
+        return self.speech_parts["codec"].decode(codes)[0].float().clamp(-1, 1)
+
+
+MoLELlamaForTextToWaveform.register_for_auto_class("AutoModelForTextToWaveform")
+
+__all__ = ["MoLELlamaForTextToWaveform", "split_text"]

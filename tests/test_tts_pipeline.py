@@ -1,0 +1,129 @@
+"""The saved speaking model and `pipeline("text-to-speech")`, with the package and through remote code.
+
+Tiny random parts (a 2-layer MoLE on the real SmolLM2 tokenizer, a tiny acoustic LM and codec): the audio is
+noise, but every path from text to waveform is the real one.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from test_remote_code import BLOCK_MOLE_LLAMA
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from conftest import TINY_LLAMA
+from mole_llama import MoLELlamaConfig, MoLELlamaForCausalLM
+from mole_llama.conversion.gguf import embedded_base_path
+from mole_llama.conversion.tts_bundle import save_tts_model
+from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
+from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
+from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from mole_llama.modeling.modeling_mel_codec import MelCodecModel
+from mole_llama.modeling.modeling_tts_llama import split_text
+from mole_llama.modeling.speech_units import add_speech_tokens
+
+pytestmark = pytest.mark.slow  # uses the real SmolLM2 tokenizer (and its chat template)
+UNITS = 16
+
+
+@pytest.fixture(scope="module")
+def tts_dir(tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    add_speech_tokens(tokenizer, UNITS)
+    torch.manual_seed(0)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
+    config = MoLELlamaConfig(
+        **{**TINY_LLAMA, **special, "vocab_size": len(tokenizer)},
+        tie_word_embeddings=True,
+        experts=[{"name": "speech", "r": 4}],
+        routing="speech",
+    )
+    llm = MoLELlamaForCausalLM(config).eval()
+    codec = MelCodecModel(MelCodecConfig(hidden_size=16, num_residual_layers=1, codebook_dim=8, num_codebooks=2,
+                                         codebook_size=16, griffin_lim_iterations=4)).eval()  # fmt: skip
+    acoustic_lm = AcousticLMForConditionalGeneration(
+        AcousticLMConfig(
+            num_semantic_units=UNITS,
+            num_codebooks=2,
+            codebook_size=16,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )  # fmt: skip
+    ).eval()
+    folder = tmp_path_factory.mktemp("tts")
+    return save_tts_model(folder, llm, tokenizer, acoustic_lm, codec, UNITS, max_new_tokens=12)
+
+
+def test_saved_layout(tts_dir):
+    config = json.loads((tts_dir / "config.json").read_text())
+    assert {"AutoModelForCausalLM", "AutoModelForTextToWaveform"} <= set(config["auto_map"])
+    assert config["sampling_rate"] == 16000 and config["num_speech_units"] == UNITS
+    for part in ("acoustic_lm", "codec"):
+        assert (tts_dir / part / "model.safetensors").is_file()
+    assert not list(tts_dir.rglob("*.bin"))
+    assert not (tts_dir / "adapter_config.json").exists()
+
+
+def test_pipeline_speaks_in_the_text_to_audio_format(tts_dir):
+    speaker = pipeline("text-to-speech", model=str(tts_dir))
+    output = speaker("Hello there. How are you today?", generate_kwargs={"do_sample": True, "seed": 3})
+    assert set(output) == {"audio", "sampling_rate"} and output["sampling_rate"] == 16000
+    audio = output["audio"]
+    assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) > 0 and np.abs(audio).max() <= 1.0
+    outputs = speaker(["One.", "Two words."], generate_kwargs={"seed": 1})
+    assert isinstance(outputs, list) and len(outputs) == 2
+    assert AutoModelForCausalLM.from_pretrained(tts_dir).__class__ is MoLELlamaForCausalLM
+
+
+def test_other_models_keep_the_stock_pipeline(tmp_path):
+    """Registering our model changes nothing for other text-to-audio models (the stock class still serves)."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    task, spec, _ = PIPELINE_REGISTRY.check_task("text-to-speech")
+    assert task == "text-to-audio" and str(spec["impl"]).endswith("text_to_audio.TextToAudioPipeline")
+
+
+def test_remote_code_gives_the_same_audio(tts_dir, tmp_path):
+    text = "The sun is warm today."
+    script = BLOCK_MOLE_LLAMA + textwrap.dedent(
+        f"""
+        import numpy as np
+        from transformers import pipeline
+        speaker = pipeline("text-to-speech", model={str(tts_dir)!r}, trust_remote_code=True)
+        out = speaker({text!r}, generate_kwargs={{"seed": 5}})
+        np.save({str(tmp_path / "audio.npy")!r}, out["audio"])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = pipeline("text-to-speech", model=str(tts_dir))(text, generate_kwargs={"seed": 5})["audio"]
+    np.testing.assert_array_equal(np.load(tmp_path / "audio.npy"), local)
+
+
+def test_voice_prompt_and_bad_input(tts_dir):
+    speaker = pipeline("text-to-speech", model=str(tts_dir))
+    t = np.arange(32000) / 16000
+    voice = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    output = speaker("Hello.", generate_kwargs={"voice": (voice, 16000), "seed": 0})
+    assert output["audio"].ndim == 1
+    with pytest.raises(ValueError, match="at least 1.0 s"):
+        speaker("Hello.", generate_kwargs={"voice": (voice[:4000], 16000)})
+    with pytest.raises(ValueError, match="silent"):
+        speaker("Hello.", generate_kwargs={"voice": (np.zeros(32000, np.float32), 16000)})
+    with pytest.raises(ValueError, match="text is empty"):
+        speaker.model.speak("   ")
+
+
+def test_long_text_is_split_into_short_pieces():
+    text = "First sentence here. " + " ".join(["word"] * 70) + ". Last one!"
+    pieces = split_text(text)
+    assert pieces[0] == "First sentence here." and pieces[-1] == "Last one!"
+    assert all(len(piece.split()) <= 30 for piece in pieces)
+    assert " ".join(pieces).split() == text.split()
