@@ -20,6 +20,11 @@ BLOCK_MOLE_LLAMA = textwrap.dedent(
                 raise ImportError("mole_llama is blocked in this interpreter")
 
     sys.meta_path.insert(0, BlockMoleLlama())
+    try:
+        import mole_llama
+        raise SystemExit("mole_llama must not be importable here")
+    except ImportError:
+        pass
     """
 )
 
@@ -35,11 +40,6 @@ def test_remote_code_gives_the_same_logits_and_generation(tiny_mole_dir, tmp_pat
     result = run_without_package(
         f"""
         import torch
-        try:
-            import mole_llama
-            raise SystemExit("mole_llama must not be importable here")
-        except ImportError:
-            pass
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
         folder = {str(tiny_mole_dir)!r}
