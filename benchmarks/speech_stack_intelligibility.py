@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--unit-rate", type=int, default=50)
     parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--codec-steps", type=int, default=1500)
-    parser.add_argument("--reuse", action="store_true", help="load the tokenizer and acoustic LM left in WORK")
+    parser.add_argument("--reuse", action="store_true", help="load the tokenizer and acoustic LM found in WORK")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small matrices: a second thread only adds synchronisation on a shared machine
     work = Path(args.work)
@@ -72,7 +72,7 @@ def main():
     else:
         codec = train_mel_codec([(w, RATE) for w in all_train], str(work / "codec"), steps=args.codec_steps)
     codec.eval()
-    if args.reuse:
+    if args.reuse and (work / "semantic_tokenizer").is_dir():
         tokenizer = SemanticUnitsModel.from_pretrained(work / "semantic_tokenizer")
     else:
         tokenizer = fit_semantic_tokenizer(
@@ -89,7 +89,7 @@ def main():
                 rows["acoustic_codes"].append(codec.encode(torch.from_numpy(wave)[None])[0].tolist())
         return rows
 
-    if args.reuse:
+    if args.reuse and (work / "acoustic_lm" / "config.json").is_file():
         acoustic_lm = AcousticLMForConditionalGeneration.from_pretrained(work / "acoustic_lm")
     else:
         dataset = Dataset.from_dict(units_and_codes(all_train))

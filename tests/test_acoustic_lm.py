@@ -73,6 +73,9 @@ def model():
         (dict(acoustic_frame_rate=-75.0), "acoustic_frame_rate"),
         (dict(hidden_size=30), "multiple of num_attention_heads"),
         (dict(num_key_value_heads=3), "num_key_value_heads"),
+        (dict(unit_context_kernel_size=4), "odd"),
+        (dict(unit_context_layers=-1), "unit_context_layers"),
+        (dict(previous_code_noise=1.0), "previous_code_noise"),
     ],
 )
 def test_config_rejects_bad_settings(bad, message):
@@ -131,6 +134,31 @@ def test_labels_alone_are_enough_and_minus_100_is_ignored(model):
     labels[0, 2] = PAD_CODE  # no loss on the last codebook
     partial = model(units, codes, labels=labels)
     assert torch.allclose(partial.loss, full.codebook_losses[:2].mean(), atol=1e-5)
+
+
+def test_unit_context_lets_a_frame_hear_upcoming_units(model):
+    units, codes = random_units(6, 0), random_codes(12, 0)
+    changed = units.clone()
+    changed[4] = (changed[4] + 1) % 20  # frames 8, 9 read unit 4; 3 blocks of kernel 5 reach 6 frames
+    before = model(units[None], codes[None]).logits
+    after = model(changed[None], codes[None]).logits
+    moved = (after - before).abs().amax(dim=(0, 2, 3))
+    assert bool((moved[2:8] > 0).all())  # earlier frames within the context window hear the change
+    assert bool((moved[:2] == 0).all())  # frames beyond it do not
+    no_context = tiny_model(unit_context_layers=0)
+    moved = (no_context(changed[None], codes[None]).logits - no_context(units[None], codes[None]).logits).abs()
+    assert bool((moved.amax(dim=(0, 2, 3))[:8] == 0).all())  # a causal decoder alone cannot look ahead
+
+
+def test_previous_code_noise_only_in_training(model):
+    units, codes = random_units(6, 0), random_codes(12, 0)
+    noisy = tiny_model(previous_code_noise=0.5)
+    noisy.train()
+    torch.manual_seed(0)
+    first = noisy(units[None], codes[None]).loss
+    assert not torch.equal(first, noisy(units[None], codes[None]).loss)  # other codes replaced each call
+    noisy.eval()
+    assert torch.equal(noisy(units[None], codes[None]).loss, noisy(units[None], codes[None]).loss)
 
 
 def test_loss_backpropagates_to_every_weight(model):
@@ -365,6 +393,8 @@ def synthetic_model(seed=0) -> AcousticLMForConditionalGeneration:
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=128,
+        unit_context_layers=1,
+        previous_code_noise=0.0,  # codebook 0 is a running sum of the history: noise would make it unlearnable
     )
     return AcousticLMForConditionalGeneration(config)
 

@@ -42,6 +42,16 @@ class AcousticLMConfig(PreTrainedConfig):
         head_intermediate_size (`int`, *optional*):
             Width of the small MLP that each codebook head applies after adding the embeddings of the frame's lower
             codebooks; defaults to `2 * hidden_size`.
+        unit_context_layers (`int`, *optional*, defaults to 3):
+            Residual convolution blocks run over the frame-aligned unit embeddings before the decoder, so that each
+            frame also hears the units around it (upcoming ones included): the causal decoder alone would only see
+            past units, and would lean on the previous frame's codes instead, which free-running generation does not
+            have right. 0 turns the context off.
+        unit_context_kernel_size (`int`, *optional*, defaults to 5):
+            Odd kernel width of those blocks; each side sees `unit_context_layers * (kernel - 1) / 2` frames.
+        previous_code_noise (`float`, *optional*, defaults to 0.1):
+            Training only: the share of previous-frame input codes replaced by random codes, so that the model does
+            not trust its own (at inference, sampled) history more than the units.
         max_position_embeddings (`int`, *optional*, defaults to 4096):
             Most frames (voice prompt + generated) one sequence may hold: the hard cap on a synthesis
             (82 s at 50 Hz). Longer text must be split.
@@ -70,6 +80,9 @@ class AcousticLMConfig(PreTrainedConfig):
     num_attention_heads: int = 8
     num_key_value_heads: int | None = None
     head_intermediate_size: int | None = None
+    unit_context_layers: int = 3
+    unit_context_kernel_size: int = 5
+    previous_code_noise: int | float = 0.1
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
     rope_theta: int | float = 10000.0
@@ -117,6 +130,15 @@ class AcousticLMConfig(PreTrainedConfig):
                 f"num_attention_heads={self.num_attention_heads} must be a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.unit_context_layers < 0:
+            raise ValueError(f"unit_context_layers={self.unit_context_layers} must be 0 (no context) or more")
+        if self.unit_context_kernel_size < 1 or self.unit_context_kernel_size % 2 == 0:
+            raise ValueError(
+                f"unit_context_kernel_size={self.unit_context_kernel_size} must be a positive odd number, so the "
+                f"context is centred on the frame"
+            )
+        if not 0.0 <= self.previous_code_noise < 1.0:
+            raise ValueError(f"previous_code_noise={self.previous_code_noise} must lie in [0, 1)")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout={self.attention_dropout} must lie in [0, 1)")
 

@@ -4,8 +4,11 @@ Frame-aligned design, cheap to learn from little data: the decoder (transformers
 `inputs_embeds`; attention, rotary embeddings, masks and the KV cache are Llama's own) takes one position per
 acoustic frame. The input at frame `t` is
 
-    unit_embed[unit aligned with t] + phase_embed[frame index inside that unit] + segment_embed[target]
+    context(unit_embed[unit aligned with t] + phase_embed[frame index inside that unit]) + segment_embed[target]
     + sum_k code_embed_k[code of codebook k at frame t - 1]        (a learned start vector at the first frame)
+
+where `context` is a few residual convolutions over the whole aligned unit sequence: the units are known before
+generation starts, so each frame may hear upcoming units too (a causal decoder alone would not).
 
 and a voice prompt is a prefix of frames with `segment_embed[prompt]` and no unit. One head per codebook predicts
 the frame's codes; head `k` also sees embeddings of the same frame's codes of codebooks `< k` (teacher-forced in
@@ -114,6 +117,22 @@ def _split_batch(values, mask, item_dim: int, name: str, mask_name: str, pad_is_
     raise ValueError(f"{name} must be a LongTensor or a list of sequences, got {type(values).__name__}")
 
 
+class UnitContextBlock(nn.Module):
+    """`x + W silu(conv(norm(x)))` over frames; padded frames are zeroed before the convolution, so an item in a
+    padded batch sees the same zero edge as when alone."""
+
+    def __init__(self, config: AcousticLMConfig):
+        super().__init__()
+        hidden, kernel = config.hidden_size, config.unit_context_kernel_size
+        self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.proj = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        mixed = self.conv((self.norm(states) * frame_mask).transpose(1, 2)).transpose(1, 2)
+        return states + self.proj(F.silu(mixed))
+
+
 class AcousticLMPreTrainedModel(PreTrainedModel):
     config_class = AcousticLMConfig
     config: AcousticLMConfig
@@ -157,6 +176,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         self.num_phases = max(1, math.ceil(config.frames_per_unit - 1e-9))
         self.phase_embed = nn.Embedding(self.num_phases, hidden)
         self.segment_embed = nn.Embedding(2, hidden)
+        self.unit_context = nn.ModuleList(UnitContextBlock(config) for _ in range(config.unit_context_layers))
         # Previous frame's codes, all codebooks in one table: code c of codebook k is row k * codebook_size + c.
         self.code_embed = nn.Embedding(num_codebooks * codebook_size, hidden)
         self.start_embed = nn.Parameter(torch.zeros(hidden))
@@ -258,14 +278,19 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         mask = torch.zeros(batch_size, prompt_width + frames, dtype=torch.long, device=device)
         unit_index, phase = self.align_units(frames, device=device)
         aligned_units = torch.zeros(batch_size, frames, dtype=torch.long, device=device)
+        target_mask = torch.zeros(batch_size, frames, 1, device=device)
         for row, (item_units, prompt, length) in enumerate(zip(units, prompts, lengths)):
             start = prompt_width - prompt.shape[1]
             codes[row, :, start:prompt_width] = prompt.to(device)
             mask[row, start : prompt_width + length] = 1
             aligned_units[row] = item_units.to(device)[unit_index.clamp(max=item_units.numel() - 1)]
+            target_mask[row, :length] = 1
             if target_codes is not None:
                 codes[row, :, prompt_width : prompt_width + length] = target_codes[row].to(device)
         first_column = torch.tensor([prompt_width - n for n in prompt_lengths], device=device)
+        conditioning = self.unit_embed(aligned_units) + self.phase_embed(phase)
+        for block in self.unit_context:
+            conditioning = block(conditioning, target_mask.to(conditioning.dtype))
         return {
             "codes": codes,
             "attention_mask": mask,
@@ -274,9 +299,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             "prompt_width": prompt_width,
             "frames": frames,
             "lengths": torch.tensor(lengths, device=device),
-            "conditioning": self.unit_embed(aligned_units)
-            + self.phase_embed(phase)
-            + self.segment_embed.weight[TARGET_SEGMENT],
+            "conditioning": conditioning + self.segment_embed.weight[TARGET_SEGMENT],
         }
 
     def _code_offsets(self, num_codebooks: int, device) -> torch.LongTensor:
@@ -291,6 +314,9 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
     def _input_embeddings(self, layout: dict) -> torch.Tensor:
         codes, prompt_width = layout["codes"], layout["prompt_width"]
         batch_size, _, width = codes.shape
+        if self.training and self.config.previous_code_noise > 0:
+            noisy = torch.rand(codes.shape, device=codes.device) < self.config.previous_code_noise
+            codes = torch.where(noisy, torch.randint_like(codes, self.config.codebook_size), codes)
         previous = self.embed_frame_codes(codes[:, :, :-1])
         start = self.start_embed.expand(batch_size, 1, -1)
         previous = torch.cat([start, previous], dim=1)
