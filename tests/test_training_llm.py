@@ -1,0 +1,200 @@
+"""LLM-side training on a tiny random Llama with SmolLM2's real tokenizer and chat template: the speech (TTS)
+expert and the text expert through TRL's SFTTrainer + PEFT, resume, and router-only training of the MoLE-Llama."""
+
+import json
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors import safe_open
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers.utils import logging as hf_logging
+from trl import SFTConfig
+
+from mole_llama.conversion.gguf import embedded_base_path
+from mole_llama.conversion.peft_experts import build_mole_from_adapters
+from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, unit_token
+from mole_llama.training.experts import ExpertLoraSettings, train_expert
+from mole_llama.training.router import routing_shares, tokenize_probe, train_router
+from mole_llama.training.sft_data import mixed_examples, speech_completion, text_examples, tts_examples
+
+UNITS = 12
+LORA = ExpertLoraSettings(r=4, lora_alpha=8, lora_dropout=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet():
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny random Llama with the SmolLM2 tokenizer (its vocabulary and chat template), saved like a real base."""
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def speech_rows(count=48, seed=0):
+    """Prepared-dataset rows where the units follow from the text's words (a learnable mapping)."""
+    rng = random.Random(seed)
+    words = ["red", "green", "blue", "cat", "dog", "sun"]
+    rows = []
+    for _ in range(count):
+        chosen = [rng.randrange(len(words)) for _ in range(rng.randint(2, 4))]
+        units = [unit for index in chosen for unit in (2 * index, 2 * index + 1)]
+        rows.append({"text": " ".join(words[i] for i in chosen), "semantic_units": units, "seconds": 1.0})
+    return Dataset.from_list(rows)
+
+
+def qa_rows(count=48, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        question = {"role": "user", "content": f"What is {a} plus {b}?"}
+        rows.append({"messages": [question, {"role": "assistant", "content": str(a + b)}]})
+    return Dataset.from_list(rows)
+
+
+def sft_args(output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir), max_steps=24, per_device_train_batch_size=8, learning_rate=5e-2, logging_steps=4,
+        save_strategy="no", report_to=[], gradient_checkpointing=False, use_cpu=True, disable_tqdm=True, seed=0,
+        max_length=128,
+    )  # fmt: skip
+    settings.update(overrides)
+    return SFTConfig(**settings)
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def speech_expert(base_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tts_expert")
+    trainer = train_expert(base_dir, tts_examples(speech_rows()), sft_args(out), LORA, num_speech_units=UNITS)
+    return out, trainer
+
+
+@pytest.fixture(scope="module")
+def text_expert(base_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("text_expert")
+    trainer = train_expert(base_dir, text_examples(qa_rows()), sft_args(out), LORA)
+    return out, trainer
+
+
+def test_examples_follow_the_inference_prompt():
+    example = tts_examples(speech_rows(1))[0]
+    assert example["prompt"][0]["role"] == "user" and example["task"] == "tts"
+    assert example["completion"][0]["content"] == speech_completion(speech_rows(1)[0]["semantic_units"])
+    first_unit = speech_rows(1)[0]["semantic_units"][0]
+    assert example["completion"][0]["content"].startswith(SPEECH_START + unit_token(first_unit))
+    assert example["completion"][0]["content"].endswith(SPEECH_END)
+    qa = text_examples(qa_rows(1))[0]
+    assert [turn["role"] for turn in qa["prompt"]] == ["user"] and qa["completion"][0]["role"] == "assistant"
+    with pytest.raises(ValueError, match="semantic_units"):
+        tts_examples(Dataset.from_list([{"text": "hi"}]))
+    with pytest.raises(ValueError, match="end with the assistant"):
+        text_examples(Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}]))
+    with pytest.raises(ValueError, match="no semantic units"):
+        speech_completion([])
+
+
+def test_speech_expert_learns_units_and_saves_a_small_adapter(speech_expert, base_dir):
+    out, trainer = speech_expert
+    history = losses(trainer)
+    assert history[-1] < 0.75 * history[0], history
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == LORA.r and sorted(config["target_modules"]) == sorted(LORA.target_modules)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    speech = SpeechTokenIds.from_tokenizer(tokenizer, UNITS)
+    unit_rows = range(speech.first_unit, speech.first_unit + UNITS)
+    assert config["trainable_token_indices"] == [speech.start, speech.end, *unit_rows]
+    with safe_open(out / "adapter_model.safetensors", "pt") as weights:
+        shapes = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+    assert not any("base_layer" in name for name in shapes), "the whole embedding table was saved"
+    assert all(shape[0] == UNITS + 2 for name, shape in shapes.items() if "trainable_tokens" in name)
+    # the loss is on the answer only: the prompt's tokens are not targets
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    targets = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert int(targets[0]) == speech.start and tokenizer.decode(targets).count("user") == 0
+
+
+def test_text_expert_learns(text_expert):
+    out, trainer = text_expert
+    history = losses(trainer)
+    # a frozen 16-wide random head over 49k tokens caps how far LoRA alone can move the loss: it must fall steadily
+    assert all(later < earlier for earlier, later in zip(history, history[1:])), history
+    assert json.loads((out / "adapter_config.json").read_text())["trainable_token_indices"] is None
+
+
+class StopAtStep(TrainerCallback):
+    """Interrupts training after a given step (its checkpoint is written first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_expert_training_ends_with_the_same_weights(base_dir, tmp_path):
+    data = tts_examples(speech_rows())
+    whole = train_expert(base_dir, data, sft_args(tmp_path / "whole", max_steps=8), LORA, num_speech_units=UNITS)
+    args = dict(max_steps=8, save_strategy="steps", save_steps=4)
+    train_expert(base_dir, data, sft_args(tmp_path / "stopped", **args), LORA, num_speech_units=UNITS,
+                 callbacks=[StopAtStep(4)])  # fmt: skip
+    resumed = train_expert(
+        base_dir, data, sft_args(tmp_path / "stopped", **args), LORA, num_speech_units=UNITS,
+        resume_from_checkpoint=str(tmp_path / "stopped" / "checkpoint-4"),
+    )  # fmt: skip
+    reference = {n: p for n, p in whole.model.named_parameters() if p.requires_grad}
+    for name, parameter in resumed.model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_router_training_changes_only_the_routers_and_routes_by_task(base_dir, speech_expert, text_expert, tmp_path):
+    model = build_mole_from_adapters(
+        base_dir, {"text": text_expert[0], "speech": speech_expert[0]}, router_hidden_size=16
+    )
+    tokenizer = AutoTokenizer.from_pretrained(speech_expert[0])
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    router_names = {name for name, _ in model.named_parameters() if ".router." in name}
+    data = mixed_examples(tts_examples(speech_rows(48, seed=1)), text_examples(qa_rows(48, seed=1)))
+    trainer = train_router(model, tokenizer, data, sft_args(tmp_path, max_steps=30, learning_rate=5e-2))
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and changed <= router_names, sorted(changed - router_names)[:5]
+    history = losses(trainer)
+    assert history[-1] < history[0], history
+    logged = [entry for entry in trainer.state.log_history if "routing/tts->speech" in entry]
+    assert logged and set(logged[-1]) >= {"routing/tts->speech", "routing/text->text", "routing/text->speech"}
+    probe = tokenize_probe(tokenizer, [row for row in data][:16])
+    shares = routing_shares(model, probe)
+    # the router tells the tasks apart (how well is measured on the real model, see evaluation)
+    assert shares["routing/tts->speech"] > shares["routing/text->speech"] + 0.1, shares
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "tokenizer.json").is_file()
+
+
+def test_router_training_refuses_what_it_cannot_train(base_dir, speech_expert, tmp_path):
+    single = build_mole_from_adapters(base_dir, {"speech": speech_expert[0]})
+    tokenizer = AutoTokenizer.from_pretrained(speech_expert[0])
+    data = mixed_examples(tts_examples(speech_rows(4)), text_examples(qa_rows(4)))
+    with pytest.raises(ValueError, match="at least two"):
+        train_router(single, tokenizer, data, sft_args(tmp_path))
+    with pytest.raises(ValueError, match="router training needs a MoLE-Llama"):
+        train_router(LlamaForCausalLM.from_pretrained(base_dir), tokenizer, data, sft_args(tmp_path))
