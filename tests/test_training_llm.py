@@ -70,8 +70,8 @@ def qa_rows(count=48, seed=0):
 def sft_args(output_dir, **overrides):
     settings = dict(
         output_dir=str(output_dir), max_steps=24, per_device_train_batch_size=8, learning_rate=5e-2, logging_steps=4,
-        save_strategy="no", report_to=[], gradient_checkpointing=False, use_cpu=True, disable_tqdm=True, seed=0,
-        max_length=128,
+        save_strategy="no", report_to=[], gradient_checkpointing=False, use_cpu=True, bf16=False, disable_tqdm=True,
+        seed=0, max_length=128,
     )  # fmt: skip
     settings.update(overrides)
     return SFTConfig(**settings)

@@ -77,12 +77,232 @@ def cmd_ask(args) -> None:
             raise ValueError(f"--routing applies to MoLE-Llama models; {model_path} is a {model.config.model_type}")
         model.set_routing(None if args.routing == "learned" else args.routing)
     reply = greedy_chat_reply(model, tokenizer, args.question, args.max_new_tokens)
-    print(tokenizer.decode(reply, skip_special_tokens=True).strip())
+    answer = tokenizer.decode(reply, skip_special_tokens=True).strip()
+    print(answer)
+    if args.speak:
+        if not answer:
+            raise ValueError("the model gave an empty answer: nothing to speak")
+        speech = _speak(model_path, answer, args)
+        print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]), file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ training stages
+
+STAGE_FOLDERS = {
+    "semantic_tokenizer": "semantic_tokenizer",
+    "codec": "codec",
+    "prepared": "prepared",
+    "acoustic_lm": "acoustic_lm",
+    "tts": "tts",
+    "text_expert": "text_expert",
+    "mole": "mole",
+}
+
+
+def _recipe(args) -> dict:
+    from .training.recipes import load_recipe
+
+    return load_recipe(args.config, args.set)
+
+
+def _folder(recipe: dict, given, stage: str) -> Path:
+    """A stage's folder: the one given, or where that stage writes by default under the recipe's output_dir."""
+    from .training.recipes import stage_output
+
+    return stage_output(recipe, STAGE_FOLDERS[stage], given)
+
+
+def _dataset(args, recipe: dict, stage: str | None = None):
+    from .training.stages import load_any_dataset
+
+    source = getattr(args, "dataset", None) or (stage and _folder(recipe, None, stage))
+    if not source:
+        raise ValueError("give --dataset: a save_to_disk folder, a JSON/JSONL file, a data folder or a Hub id")
+    return load_any_dataset(source, split=args.split, streaming=getattr(args, "streaming", False))
+
+
+def cmd_fit_semantic_tokenizer(args) -> None:
+    from .training.stages import fit_semantic_tokenizer_stage
+
+    recipe = _recipe(args)
+    print(fit_semantic_tokenizer_stage(recipe, _dataset(args, recipe), _folder(recipe, args.out, "semantic_tokenizer")))
+
+
+def cmd_train_codec(args) -> None:
+    from .training.stages import train_codec_stage
+
+    recipe = _recipe(args)
+    print(train_codec_stage(recipe, _dataset(args, recipe), _folder(recipe, args.out, "codec")))
+
+
+def cmd_prepare(args) -> None:
+    from .training.stages import prepare_stage
+
+    recipe = _recipe(args)
+    out, report = prepare_stage(
+        recipe, _dataset(args, recipe), _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+        _folder(recipe, args.codec, "codec"), _folder(recipe, args.out, "prepared"),
+    )  # fmt: skip
+    print(report.summary(), file=sys.stderr)
+    print(out)
+
+
+def cmd_train_acoustic_lm(args) -> None:
+    from .training.stages import train_acoustic_lm_stage
+
+    recipe = _recipe(args)
+    print(
+        train_acoustic_lm_stage(
+            recipe,
+            _dataset(args, recipe, "prepared"),
+            _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+            _folder(recipe, args.codec, "codec"),
+            _folder(recipe, args.out, "acoustic_lm"),
+            resume=args.resume,
+        )  # fmt: skip
+    )
+
+
+def _optional_folder(recipe: dict, given, stage: str):
+    """A speech part's folder when given or present under output_dir; None when it does not exist (yet)."""
+    folder = _folder(recipe, given, stage)
+    if given and not folder.is_dir():
+        raise ValueError(f"{folder} does not exist: give the folder the {stage} stage wrote")
+    return folder if folder.is_dir() else None
+
+
+def cmd_train_tts(args) -> None:
+    from .training.stages import train_tts_stage
+
+    recipe = _recipe(args)
+    written = train_tts_stage(
+        recipe, _dataset(args, recipe, "prepared"), _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+        _folder(recipe, args.out, "tts"), acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
+        codec_dir=_optional_folder(recipe, args.codec, "codec"), resume=args.resume,
+    )  # fmt: skip
+    if "model" not in written:
+        print("note: no acoustic LM / codec found, so only the adapter was written", file=sys.stderr)
+    for folder in written.values():
+        print(folder)
+
+
+def cmd_train_text(args) -> None:
+    from .training.stages import train_text_stage
+
+    recipe = _recipe(args)
+    out = _folder(recipe, args.out, "text_expert")
+    print(train_text_stage(recipe, _dataset(args, recipe), out, args.messages_column, resume=args.resume))
+
+
+def cmd_train_router(args) -> None:
+    from .training.stages import load_any_dataset, train_router_stage
+
+    recipe = _recipe(args)
+    tts_dir = _folder(recipe, None, "tts")
+    print(
+        train_router_stage(
+            recipe,
+            args.speech_expert or tts_dir / "adapter",
+            args.text_expert or _folder(recipe, None, "text_expert"),
+            load_any_dataset(args.tts_dataset or _folder(recipe, None, "prepared"), split=args.split),
+            load_any_dataset(args.text_dataset, split=args.split),
+            _folder(recipe, args.out, "mole"),
+            semantic_tokenizer_dir=_optional_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+            acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
+            codec_dir=_optional_folder(recipe, args.codec, "codec"),
+            messages_column=args.messages_column,
+            resume=args.resume,
+        )
+    )
+
+
+def _write_wav(path, audio, rate) -> Path:
+    import numpy as np
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.asarray(audio, dtype="float32").reshape(-1), int(rate))
+    return path
+
+
+def _speak(model_path, text: str, args) -> dict:
+    from transformers import pipeline
+
+    speaker = pipeline("text-to-speech", model=str(model_path))
+    generate_kwargs = {"seed": args.seed}
+    if args.temperature is not None:
+        generate_kwargs.update(do_sample=True, temperature=args.temperature)
+    if getattr(args, "voice", None):
+        generate_kwargs["voice"] = args.voice
+    if getattr(args, "max_new_tokens_speech", None):
+        generate_kwargs["max_new_tokens"] = args.max_new_tokens_speech
+    return speaker(text, generate_kwargs=generate_kwargs)
+
+
+def cmd_synthesize(args) -> None:
+    speech = _speak(args.model, args.text, args)
+    print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mole-llama", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help: str, run, dataset: bool = True):
+        command = commands.add_parser(name, help=help)
+        command.add_argument("--config", default="embedded", help="recipe: a YAML path, or 'embedded' / 'paper'")
+        command.add_argument(
+            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            help="override a recipe value, e.g. --set tts_expert.training.max_steps=50 (repeatable)",
+        )  # fmt: skip
+        command.add_argument("--out", help="output folder (default: <recipe output_dir>/<stage>)")
+        command.add_argument("--split", default="train", help="dataset split to read")
+        if dataset:
+            command.add_argument("--dataset", help="save_to_disk folder, JSON/JSONL file, data folder or Hub id")
+        command.set_defaults(run=run)
+        return command
+
+    command = stage("fit-semantic-tokenizer", "fit the semantic units (k-means) on a speech dataset",
+                    cmd_fit_semantic_tokenizer)  # fmt: skip
+    command = stage("train-codec", "train the embedded codec (or save the recipe's EnCodec)", cmd_train_codec)
+    command = stage("prepare", "speech dataset -> text, semantic units, acoustic codes", cmd_prepare)
+    command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
+    command.add_argument("--codec", help="folder of train-codec")
+    command.add_argument("--streaming", action="store_true", help="stream the input instead of loading it")
+    command = stage("train-acoustic-lm", "train the acoustic LM on a prepared dataset", cmd_train_acoustic_lm)
+    command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
+    command.add_argument("--codec", help="folder of train-codec")
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    command = stage("train-tts", "train the speech expert (TTS-Llama) on a prepared dataset", cmd_train_tts)
+    command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
+    command.add_argument("--acoustic-lm", help="folder of train-acoustic-lm (to bundle a speaking model)")
+    command.add_argument("--codec", help="folder of train-codec (to bundle a speaking model)")
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    command = stage("train-text", "train the text expert on a chat (messages) dataset", cmd_train_text)
+    command.add_argument("--messages-column", default="messages")
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    command = stage("train-router", "build the MoLE-Llama and train only its routers", cmd_train_router, False)
+    command.add_argument("--speech-expert", help="speech adapter folder (default: <output_dir>/tts/adapter)")
+    command.add_argument("--text-expert", help="text adapter folder (default: <output_dir>/text_expert)")
+    command.add_argument("--tts-dataset", help="prepared speech dataset (default: <output_dir>/prepared)")
+    command.add_argument("--text-dataset", required=True, help="chat (messages) dataset")
+    command.add_argument("--messages-column", default="messages")
+    command.add_argument("--semantic-tokenizer", help="to bundle a speaking model")
+    command.add_argument("--acoustic-lm", help="to bundle a speaking model")
+    command.add_argument("--codec", help="to bundle a speaking model")
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+
+    command = commands.add_parser("synthesize", help="text -> WAV with a TTS-Llama or MoLE-Llama folder")
+    command.add_argument("text")
+    command.add_argument("-m", "--model", required=True, help="a speaking model folder (or Hub id)")
+    command.add_argument("-o", "--output", default="speech.wav", help="WAV file to write")
+    command.add_argument("--voice", help="reference audio file for the voice (a few seconds)")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--temperature", type=float, help="sample at this temperature (default: the model's)")
+    command.add_argument("--max-new-tokens", dest="max_new_tokens_speech", type=int,
+                         help="cap on the unit tokens per sentence (default: the model's)")  # fmt: skip
+    command.set_defaults(run=cmd_synthesize)
 
     command = commands.add_parser("embedded-base", help="print (creating it once) the SmolLM2 base model folder")
     command.add_argument("--cache-dir", help="where to keep it (default: $MOLE_LLAMA_CACHE or ~/.cache/mole_llama)")
@@ -116,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("-m", "--model", help="model folder (default: the embedded SmolLM2 base)")
     command.add_argument("--routing", help="MoLE only: an expert name, 'base', or 'learned'")
     command.add_argument("--max-new-tokens", type=int, default=64)
+    command.add_argument("--speak", action="store_true", help="also say the answer (a speaking MoLE-Llama folder)")
+    command.add_argument("-o", "--output", default="answer.wav", help="WAV file for --speak")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--temperature", type=float, help="--speak: sampling temperature (default: the model's)")
+    command.add_argument("--max-speech-tokens", dest="max_new_tokens_speech", type=int,
+                         help="--speak: cap on the unit tokens per sentence (default: the model's)")  # fmt: skip
     command.set_defaults(run=cmd_ask)
     return parser
 

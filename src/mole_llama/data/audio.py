@@ -44,3 +44,14 @@ def decode_audio(value, target_rate: int | None = None) -> tuple:
     if target_rate is not None:
         waveform, rate = resample(waveform, rate, target_rate), target_rate
     return waveform, rate
+
+
+def without_audio_decoding(dataset, audio_column: str = "audio"):
+    """`dataset` with its `Audio` column read as `{"bytes", "path"}` (for `decode_audio`), so iterating it never
+    calls torchcodec; anything else is returned as it is."""
+    from datasets import Audio
+
+    features = getattr(dataset, "features", None)
+    if features is not None and isinstance(features.get(audio_column), Audio) and features[audio_column].decode:
+        return dataset.cast_column(audio_column, Audio(decode=False))
+    return dataset

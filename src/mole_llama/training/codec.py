@@ -8,7 +8,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..data.audio import decode_audio
+from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.configuration_mel_codec import MelCodecConfig
 from ..modeling.modeling_mel_codec import MelCodecModel
 
@@ -19,13 +19,7 @@ def load_waveforms(data, sampling_rate: int, audio_column: str = "audio") -> lis
     """Mono float32 waveforms at `sampling_rate` from a list of `(array, rate)` pairs, or from a `datasets` dataset
     (or any iterable of rows) whose `audio_column` holds audio values. Audio columns are read with
     `decode=False` and decoded by soundfile, so torchcodec is not needed."""
-    try:
-        from datasets import Audio, Dataset
-
-        if isinstance(data, Dataset) and isinstance(data.features.get(audio_column), Audio):
-            data = data.cast_column(audio_column, Audio(decode=False))
-    except ImportError:  # datasets is optional for lists of arrays
-        pass
+    data = without_audio_decoding(data, audio_column)
     waveforms, skipped = [], 0
     for row in data:
         if isinstance(row, (tuple, list)) and len(row) == 2:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, Features, IterableDataset, List, Value
+from datasets import Dataset, Features, IterableDataset, List, Value
 from transformers.utils import logging
 
-from ..data.audio import decode_audio, resample
+from ..data.audio import decode_audio, resample, without_audio_decoding
 from ..modeling.modeling_semantic_units import MIN_SECONDS
 
 logger = logging.get_logger(__name__)
@@ -207,8 +207,7 @@ def prepare_speech_dataset(
     if streaming and num_proc not in (None, 0, 1):
         raise ValueError("num_proc works on a Dataset only: for a streaming one use DataLoader(num_workers=...)")
     _check_columns(dataset.column_names, text_column, audio_column, keep_columns)
-    if dataset.features is not None and isinstance(dataset.features[audio_column], Audio):
-        dataset = dataset.cast_column(audio_column, Audio(decode=False))  # torchcodec-free: decode_audio reads it
+    dataset = without_audio_decoding(dataset, audio_column)  # torchcodec-free: decode_audio reads it
     features = None
     if dataset.features is not None:
         features = Features({**{name: dataset.features[name] for name in keep_columns}, **OUTPUT_FEATURES})

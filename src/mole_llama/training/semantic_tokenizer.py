@@ -4,7 +4,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..data.audio import decode_audio
+from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.configuration_semantic_units import SemanticUnitsConfig
 from ..modeling.modeling_semantic_units import SemanticUnitsModel
 
@@ -75,6 +75,7 @@ def fit_semantic_tokenizer(
     if tokenizer is None:
         tokenizer = SemanticUnitsModel(config or SemanticUnitsConfig())
     tokenizer.eval()
+    dataset = without_audio_decoding(dataset, audio_column)
     rate = tokenizer.config.sampling_rate
     frames, total, skipped = [], 0, 0
     for row in tqdm(dataset, desc="semantic features"):

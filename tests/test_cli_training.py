@@ -1,0 +1,208 @@
+"""The `mole-llama` training stages end to end on real festival speech and tiny models, driven by a recipe file
+with `--set` overrides: fit-semantic-tokenizer -> train-codec -> prepare -> train-acoustic-lm -> train-tts ->
+train-text -> train-router -> synthesize / ask --speak. Also: the shipped recipes parse and build their trainer
+arguments (the paper's cannot run here), and a 2-process `accelerate launch` trains the speech expert."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from datasets import Audio, Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+from mole_llama.cli import main
+from mole_llama.conversion.gguf import embedded_base_path
+from mole_llama.data.festival import synthesize
+from mole_llama.modeling.modeling_mole_llama import MoLELlamaForCausalLM
+from mole_llama.training.recipes import (
+    RECIPES_DIR,
+    acoustic_training_arguments,
+    load_recipe,
+    lora_settings,
+    sft_config,
+)
+
+pytestmark = pytest.mark.slow  # festival speech, SmolLM2's tokenizer, several short training runs
+SENTENCES = [
+    "Good morning, how are you today?", "The cat sat on the mat.", "Please call me tomorrow.",
+    "It is raining in the city.", "She reads a book every night.", "We will meet at noon.",
+    "The dog runs in the park.", "Open the window, please.",
+]  # fmt: skip
+SFT = dict(
+    max_steps=6, per_device_train_batch_size=4, learning_rate=5e-2, logging_steps=2, save_steps=3,
+    gradient_checkpointing=False, use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, max_length=256, seed=0,
+)  # fmt: skip
+
+
+def wav_bytes(waveform, rate) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform, rate, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A festival speech dataset and a chat dataset on disk, a tiny Llama base with SmolLM2's tokenizer, and a
+    tiny recipe pointing at them."""
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cli")
+    audio = [synthesize(text, voice="kal") for text in SENTENCES]
+    speech = Dataset.from_dict(
+        {"text": SENTENCES, "audio": [{"bytes": wav_bytes(w, r), "path": None} for w, r in audio]}
+    )
+    speech.cast_column("audio", Audio()).save_to_disk(str(root / "speech"))
+    turns = [(f"What is {a} plus {b}?", f"{a + b}") for a in range(1, 5) for b in range(1, 5)]
+    chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in turns]
+    (root / "chat.jsonl").write_text("\n".join(json.dumps(row) for row in chats))
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    recipe = {
+        "base_model": str(root / "base"),
+        "output_dir": str(root / "out"),
+        "data": {"max_seconds": 10.0, "batch_size": 4},
+        "semantic_tokenizer": {"config": {"num_units": 16, "unit_rate": 50}, "iterations": 5},
+        "codec": {
+            "kind": "mel", "steps": 4, "batch_size": 4, "save_steps": 2, "logging_steps": 2, "init_frames": 500,
+            "config": {"hidden_size": 16, "num_residual_layers": 1, "codebook_dim": 8, "num_codebooks": 2,
+                       "codebook_size": 16, "griffin_lim_iterations": 4},
+        },
+        "acoustic_lm": {
+            "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
+            "training": {"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 2, "logging_steps": 2,
+                         "use_cpu": True, "disable_tqdm": True},
+        },
+        "tts_expert": {"lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}, "training": SFT},
+        "text_expert": {"lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}, "training": SFT},
+        "router": {"router_hidden_size": 8, "training": {**SFT, "max_steps": 4}},
+    }  # fmt: skip
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return root
+
+
+def run(*argv):
+    main([str(a) for a in argv])
+
+
+def test_every_stage_runs_from_the_command_line(workspace, capsys):
+    recipe, out = workspace / "recipe.yaml", workspace / "out"
+    run("fit-semantic-tokenizer", "--config", recipe, "--dataset", workspace / "speech")
+    run("train-codec", "--config", recipe, "--dataset", workspace / "speech")
+    run("prepare", "--config", recipe, "--dataset", workspace / "speech")
+    assert "prepared 8 of 8 rows" in capsys.readouterr().err
+    run("train-acoustic-lm", "--config", recipe)
+    for stage in ("semantic_tokenizer", "codec", "prepared", "acoustic_lm"):
+        assert (out / stage).is_dir(), stage
+    # a stage's --set wins over the file
+    run("train-tts", "--config", recipe, "--set", "tts_expert.training.max_steps=8")
+    adapter_state = json.loads((out / "tts" / "adapter" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert adapter_state["global_step"] == 8
+    assert (out / "tts" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "tts" / "model" / "acoustic_lm").is_dir() and (out / "tts" / "model" / "codec").is_dir()
+    run("train-text", "--config", recipe, "--dataset", workspace / "chat.jsonl")
+    run("train-router", "--config", recipe, "--text-dataset", workspace / "chat.jsonl")
+    mole = AutoModelForCausalLM.from_pretrained(out / "mole")
+    assert isinstance(mole, MoLELlamaForCausalLM) and mole.config.expert_names == ["text", "speech"]
+    capsys.readouterr()
+
+    wav = workspace / "hello.wav"
+    run("synthesize", "Hello there.", "-m", out / "tts" / "model", "-o", wav, "--max-new-tokens", 20)
+    assert capsys.readouterr().out.strip() == str(wav)
+    waveform, rate = soundfile.read(wav)
+    assert rate == 16000 and len(waveform) > 0 and np.abs(waveform).max() <= 1.0
+    # a tiny random model answers only blank lines: --speak says so instead of writing an empty WAV
+    answer_wav = workspace / "answer.wav"
+    with pytest.raises(SystemExit):
+        run("ask", "What is 2 plus 3?", "-m", out / "mole", "--speak", "-o", answer_wav, "--max-new-tokens", 4)
+    assert "empty answer: nothing to speak" in capsys.readouterr().err and not answer_wav.exists()
+
+
+def test_resume_picks_up_the_latest_checkpoint(workspace, capsys):
+    """--resume on a finished acoustic LM run continues from its last checkpoint instead of starting again."""
+    recipe, out = workspace / "recipe.yaml", workspace / "resumed"
+    run("fit-semantic-tokenizer", "--config", recipe, "--dataset", workspace / "speech", "--out", out / "units")
+    run("train-codec", "--config", recipe, "--dataset", workspace / "speech", "--out", out / "codec")
+    run("prepare", "--config", recipe, "--dataset", workspace / "speech", "--semantic-tokenizer", out / "units",
+        "--codec", out / "codec", "--out", out / "prepared")  # fmt: skip
+    common = ["--config", recipe, "--dataset", out / "prepared", "--semantic-tokenizer", out / "units",
+              "--codec", out / "codec", "--out", out / "am"]  # fmt: skip
+    run("train-acoustic-lm", *common, "--set", "acoustic_lm.training.max_steps=2")
+    run("train-acoustic-lm", *common, "--resume")
+    state = json.loads((out / "am" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4]
+
+
+def test_errors_name_the_fix(workspace, capsys):
+    with pytest.raises(SystemExit):
+        run("train-tts", "--config", "no-such-recipe")
+    assert "no recipe file 'no-such-recipe'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("train-tts", "--config", workspace / "recipe.yaml", "--set", "nonsense")
+    assert "section.key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("prepare", "--config", workspace / "recipe.yaml", "--set", "unknown_section.x=1")
+    assert "unknown section" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["embedded", "paper"])
+def test_shipped_recipes_build_their_trainer_arguments(name):
+    cpu = [f"{stage}.training.use_cpu=true" for stage in ("tts_expert", "text_expert", "router", "acoustic_lm")]
+    recipe = load_recipe(name, cpu if name == "paper" else [])
+    for stage in ("tts_expert", "text_expert", "router"):
+        args = sft_config(recipe, stage, "unused")
+        assert args.learning_rate > 0 and args.output_dir == "unused"
+    assert acoustic_training_arguments(recipe, "unused").learning_rate > 0
+    if name == "paper":  # the paper's settings: rank 128, alpha 256, every projection, bf16, checkpointing
+        lora = lora_settings(recipe, "tts_expert")
+        assert (lora.r, lora.lora_alpha, len(lora.target_modules)) == (128, 256, 7)
+        assert (
+            sft_config(recipe, "tts_expert", "x").bf16 and sft_config(recipe, "tts_expert", "x").gradient_checkpointing
+        )
+        assert recipe["semantic_tokenizer"]["config"]["num_units"] == 4096
+        accelerate = yaml.safe_load((RECIPES_DIR.parent / recipe["accelerate_config"]).read_text())
+        assert accelerate["num_processes"] == 8 and accelerate["distributed_type"] == "FSDP"
+    # an override reaches one stage only, even where the file shares settings between stages (YAML anchors)
+    changed = load_recipe(name, cpu * (name == "paper") + ["tts_expert.training.max_steps=3"])
+    assert (
+        sft_config(changed, "tts_expert", "x").max_steps == 3
+        and sft_config(changed, "text_expert", "x").max_steps == -1
+    )
+
+
+def test_accelerate_two_processes_train_the_speech_expert(workspace, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo) runs train-tts; the loss falls and one adapter is written."""
+    prepared = workspace / "out" / "prepared"
+    if not prepared.is_dir():
+        pytest.skip("needs the prepared dataset of test_every_stage_runs_from_the_command_line")
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(RECIPES_DIR / "accelerate" / "cpu_2proc.yaml"),
+        "-m", "mole_llama.cli", "train-tts", "--config", str(workspace / "recipe.yaml"), "--out", str(out),
+        "--set", "tts_expert.training.max_steps=8", "--set", "tts_expert.training.per_device_train_batch_size=2",
+        "--set", "tts_expert.training.logging_steps=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads(sorted((out / "adapter").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    # 8 examples, 2 per process: two processes see them all in 2 steps (4 epochs in 8 steps); one would need 4
+    assert state["epoch"] == pytest.approx(4.0), state["epoch"]
+    assert (out / "adapter" / "adapter_config.json").is_file()
