@@ -1,9 +1,13 @@
-"""Shared fixtures: a tiny random Llama base saved to disk, and PEFT LoRA adapters trained on it (randomised)."""
+"""Shared fixtures and builders: a tiny random Llama base saved to disk, PEFT LoRA adapters trained on it
+(randomised), a tiny base with SmolLM2's real tokenizer, a tiny EnCodec, and WAV bytes for Audio columns."""
+
+import io
 
 import pytest
+import soundfile
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, EncodecConfig, EncodecModel, LlamaConfig, LlamaForCausalLM
 
 import mole_llama  # noqa: F401  (registers the auto classes)
 
@@ -25,6 +29,41 @@ NEW_TOKENS = 8  # rows added by a "speech" adapter, like the unit tokens of TTS-
 def tiny_llama(tie_word_embeddings=True, seed=0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA, tie_word_embeddings=tie_word_embeddings)).eval()
+
+
+def save_tiny_llama_with_smollm2_tokenizer(path, max_position_embeddings: int = 512):
+    """A tiny random Llama with the SmolLM2 tokenizer (its vocabulary and chat template), saved like a real base."""
+    from mole_llama.conversion.gguf import embedded_base_path
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=max_position_embeddings,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_encodec(sampling_rate: int = 8000, upsampling_ratios=(4, 4)):
+    """A tiny random EnCodec behind the acoustic-codec interface (frame rate = rate / prod(upsampling_ratios))."""
+    from mole_llama.modeling.acoustic_codec import EncodecAcousticCodec
+
+    config = EncodecConfig(
+        sampling_rate=sampling_rate, hidden_size=16, num_filters=4, upsampling_ratios=list(upsampling_ratios),
+        codebook_size=32, num_lstm_layers=1, target_bandwidths=[3.0, 6.0],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return EncodecAcousticCodec(EncodecModel(config))
+
+
+def wav_bytes(waveform, rate: int) -> bytes:
+    """A waveform as the bytes of a WAV file, as an `Audio` column stores it."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform, rate, format="WAV")
+    return buffer.getvalue()
 
 
 def make_adapter(base_dir, out_dir, r=4, lora_alpha=8, target_modules=None, new_tokens=0, seed=1, **lora_kwargs):

@@ -3,7 +3,6 @@ with `--set` overrides: fit-semantic-tokenizer -> train-codec -> prepare -> trai
 train-text -> train-router -> synthesize / ask --speak. Also: the shipped recipes parse and build their trainer
 arguments (the paper's cannot run here), and a 2-process `accelerate launch` trains the speech expert."""
 
-import io
 import json
 import os
 import subprocess
@@ -15,11 +14,11 @@ import soundfile
 import torch
 import yaml
 from datasets import Audio, Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from conftest import save_tiny_llama_with_smollm2_tokenizer, wav_bytes
 from mole_llama.cli import main
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.data.festival import synthesize
 from mole_llama.modeling.modeling_mole_llama import MoLELlamaForCausalLM
 from mole_llama.training.recipes import (
@@ -42,12 +41,6 @@ SFT = dict(
 )  # fmt: skip
 
 
-def wav_bytes(waveform, rate) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, waveform, rate, format="WAV")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A festival speech dataset and a chat dataset on disk, a tiny Llama base with SmolLM2's tokenizer, and a
@@ -63,15 +56,7 @@ def workspace(tmp_path_factory):
     turns = [(f"What is {a} plus {b}?", f"{a + b}") for a in range(1, 5) for b in range(1, 5)]
     chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in turns]
     (root / "chat.jsonl").write_text("\n".join(json.dumps(row) for row in chats))
-    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    save_tiny_llama_with_smollm2_tokenizer(root / "base")
     recipe = {
         "base_model": str(root / "base"),
         "output_dir": str(root / "out"),

@@ -1,17 +1,16 @@
 """The acoustic codec: the shared interface, save/load, remote code, the EnCodec adapter, training, bad input, and
 intelligibility of a briefly trained codec on real festival speech."""
 
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from test_remote_code import run_without_package
 from transformers import EncodecConfig, EncodecModel
 
+from conftest import tiny_encodec, wav_bytes
 from mole_llama.modeling.acoustic_codec import EncodecAcousticCodec, load_acoustic_codec
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
 from mole_llama.modeling.modeling_mel_codec import MelCodecModel
@@ -131,15 +130,6 @@ def test_remote_code_loads_without_the_package(codec, saved_codec, tmp_path):
     assert torch.equal(remote["audio"], codec.decode(remote["codes"]))
 
 
-def tiny_encodec() -> EncodecAcousticCodec:
-    config = EncodecConfig(
-        sampling_rate=8000, hidden_size=16, num_filters=4, upsampling_ratios=[4, 4], codebook_size=32,
-        num_lstm_layers=1, target_bandwidths=[3.0, 6.0],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return EncodecAcousticCodec(EncodecModel(config))
-
-
 def test_encodec_adapter_meets_the_interface_and_round_trips(tmp_path):
     codec = tiny_encodec()
     assert (codec.sampling_rate, codec.frame_rate, codec.codebook_size, codec.bandwidth) == (8000, 500.0, 32, 6.0)
@@ -218,12 +208,6 @@ def test_bad_codes_are_clear_errors(codec, codes, message):
 def test_bad_config_is_a_clear_error(setting, message):
     with pytest.raises(ValueError, match=message):
         MelCodecConfig(**setting)
-
-
-def wav_bytes(waveform: np.ndarray, rate: int) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, waveform, rate, format="WAV")
-    return buffer.getvalue()
 
 
 def test_training_reads_an_audio_column_without_torchcodec():

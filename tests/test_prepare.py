@@ -2,19 +2,16 @@
 skipped and counted; caching; resampling for each model; streaming; num_proc; input errors."""
 
 import copy
-import io
 import logging
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from datasets import Audio, Dataset, load_from_disk
-from transformers import EncodecConfig, EncodecModel
 
+from conftest import tiny_encodec, wav_bytes
 from mole_llama.data.audio import decode_audio
 from mole_llama.data.festival import synthesize
-from mole_llama.modeling.acoustic_codec import EncodecAcousticCodec
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_mel_codec import MelCodecModel
@@ -32,12 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def wav_bytes(waveform: np.ndarray, rate: int) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, waveform, rate, format="WAV")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -161,17 +152,8 @@ def test_rerun_is_served_from_the_cache_other_weights_are_not(mixed, tokenizer, 
     assert len(calls) == 6 and again.to_list() == cached.to_list() == relabelled.to_list()
 
 
-def tiny_encodec_24khz() -> EncodecAcousticCodec:
-    config = EncodecConfig(
-        sampling_rate=24000, hidden_size=16, num_filters=4, upsampling_ratios=[8, 8], codebook_size=32,
-        num_lstm_layers=1, target_bandwidths=[3.0, 6.0],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return EncodecAcousticCodec(EncodecModel(config))
-
-
 def test_codec_at_another_rate_gets_resampled_audio(speech, tokenizer):
-    encodec = tiny_encodec_24khz()
+    encodec = tiny_encodec(24000, (8, 8))
     assert (encodec.sampling_rate, encodec.frame_rate) == (24000, 375.0)
     texts, audio = [text for text, _, _ in speech[:2]], [wav_bytes(w, r) for _, w, r in speech[:2]]
     dataset = Dataset.from_dict({"text": texts, "audio": audio}).cast_column("audio", Audio())

@@ -8,11 +8,11 @@ import pytest
 import torch
 from datasets import Dataset
 from safetensors import safe_open
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig
 
-from mole_llama.conversion.gguf import embedded_base_path
+from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
 from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, unit_token
 from mole_llama.training.experts import ExpertLoraSettings, train_expert
@@ -31,18 +31,7 @@ def quiet():
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    """A tiny random Llama with the SmolLM2 tokenizer (its vocabulary and chat template), saved like a real base."""
-    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("base")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama_with_smollm2_tokenizer(tmp_path_factory.mktemp("base"), max_position_embeddings=256)
 
 
 def speech_rows(count=48, seed=0):

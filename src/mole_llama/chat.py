@@ -2,13 +2,12 @@
 
 import torch
 
-from .modeling.speech_units import SPEECH_END, SPEECH_START
+from .modeling.speech_units import SPEECH_TOKEN_PREFIX
 
 
 def speech_token_ids(tokenizer) -> list:
     """Ids of the speech markers and unit tokens the tokenizer holds (none for a plain text tokenizer)."""
-    vocab = tokenizer.get_vocab()
-    return sorted(i for name, i in vocab.items() if name in (SPEECH_START, SPEECH_END) or name.startswith("<|speech_"))
+    return sorted(i for name, i in tokenizer.get_vocab().items() if name.startswith(SPEECH_TOKEN_PREFIX))
 
 
 def greedy_chat_reply(model, tokenizer, question: str, max_new_tokens: int = 64) -> torch.Tensor:

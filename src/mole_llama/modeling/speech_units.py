@@ -11,13 +11,15 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-SPEECH_START = "<|speech_start|>"
-SPEECH_END = "<|speech_end|>"
+SPEECH_TOKEN_PREFIX = "<|speech_"
+"""Every speech token (markers and units) starts with this."""
+SPEECH_START = SPEECH_TOKEN_PREFIX + "start|>"
+SPEECH_END = SPEECH_TOKEN_PREFIX + "end|>"
 TTS_INSTRUCTION = "Read the following text aloud."
 
 
 def unit_token(index: int) -> str:
-    return f"<|speech_{index}|>"
+    return f"{SPEECH_TOKEN_PREFIX}{index}|>"
 
 
 @dataclass(frozen=True)

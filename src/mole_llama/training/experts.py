@@ -7,7 +7,6 @@ tokenizer, which `build_mole_from_adapters` (or `mole-llama build-mole`) turns i
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -131,19 +130,10 @@ def train_expert(
     return trainer
 
 
-def adapter_folder(path) -> Path:
-    """Check that `path` holds a PEFT adapter (what `train_expert` wrote)."""
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise ValueError(f"{path} holds no adapter_config.json: give the output folder of train-tts / train-text")
-    return path
-
-
 __all__ = [
     "ALL_PROJECTIONS",
     "ExpertLoraSettings",
     "TokenRowsSFTTrainer",
-    "adapter_folder",
     "load_base_for_expert",
     "train_expert",
 ]

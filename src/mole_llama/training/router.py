@@ -32,18 +32,19 @@ def routing_shares(model: MoLELlamaForCausalLM, probe: list) -> dict:
     weight is highest for that expert."""
     was_training = model.training
     model.eval()
-    counts, totals = {}, {}
     names = model.config.expert_names
+    counts = {}  # task -> answer tokens sent mainly to each expert
     for task, input_ids, answer_mask in probe:
         outputs = model(input_ids=input_ids.to(model.device), output_expert_weights=True)
         weights = torch.stack(outputs.expert_weights).mean(dim=0)[0]  # [tokens, experts]
         chosen = weights[answer_mask.to(weights.device)].argmax(dim=-1)
-        totals[task] = totals.get(task, 0) + chosen.numel()
-        for index, name in enumerate(names):
-            key = f"routing/{task}->{name}"
-            counts[key] = counts.get(key, 0) + int((chosen == index).sum())
+        counts[task] = counts.get(task, 0) + torch.bincount(chosen, minlength=len(names)).cpu()
     model.train(was_training)
-    return {key: count / max(totals[key.split("/")[1].split("->")[0]], 1) for key, count in counts.items()}
+    return {
+        f"routing/{task}->{name}": float(count[index]) / max(int(count.sum()), 1)
+        for task, count in counts.items()
+        for index, name in enumerate(names)
+    }
 
 
 class RouterSFTTrainer(SFTTrainer):

@@ -31,6 +31,14 @@ def _require(dataset, columns: tuple, fix: str) -> None:
         raise ValueError(f"the dataset lacks the column(s) {missing} (it has {present}): {fix}")
 
 
+def _map_to_examples(dataset, to_example, desc: str, num_proc: int | None):
+    """Map rows to prompt-completion examples, dropping every other column (progress and workers where the
+    dataset supports them: a streaming one maps lazily)."""
+    removed = [name for name in dataset.column_names if name not in ("prompt", "completion", TASK_COLUMN)]
+    kwargs = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": desc}
+    return dataset.map(to_example, remove_columns=removed, **kwargs)
+
+
 def tts_examples(dataset, instruction: str = TTS_INSTRUCTION, num_proc: int | None = None):
     """A prepared speech dataset (`text`, `semantic_units`) -> prompt-completion TTS examples."""
     _require(dataset, ("text", "semantic_units"), "run prepare_speech_dataset (mole-llama prepare) first")
@@ -42,10 +50,7 @@ def tts_examples(dataset, instruction: str = TTS_INSTRUCTION, num_proc: int | No
             TASK_COLUMN: "tts",
         }
 
-    keep = ("prompt", "completion", TASK_COLUMN)
-    removed = [name for name in dataset.column_names if name not in keep]
-    kwargs = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": "TTS examples"}
-    return dataset.map(to_example, remove_columns=removed, **kwargs)
+    return _map_to_examples(dataset, to_example, "TTS examples", num_proc)
 
 
 def text_examples(dataset, messages_column: str = "messages", num_proc: int | None = None):
@@ -61,9 +66,7 @@ def text_examples(dataset, messages_column: str = "messages", num_proc: int | No
             )
         return {"prompt": messages[:-1], "completion": messages[-1:], TASK_COLUMN: "text"}
 
-    removed = [name for name in dataset.column_names if name not in ("prompt", "completion", TASK_COLUMN)]
-    kwargs = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": "text examples"}
-    return dataset.map(to_example, remove_columns=removed, **kwargs)
+    return _map_to_examples(dataset, to_example, "text examples", num_proc)
 
 
 def mixed_examples(tts: Dataset, text: Dataset, seed: int = 0) -> Dataset:
