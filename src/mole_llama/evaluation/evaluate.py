@@ -1,0 +1,145 @@
+"""`mole-llama evaluate`: the paper's claims measured on a TTS-Llama and a MoLE-Llama folder, in one JSON.
+
+- intelligibility: held-out sentences spoken in each voice, pocketsphinx WER/CER, next to the ground truth;
+- text retention: greedy agreement with the base, mean per-token KL from the base, known-answer accuracy, for the
+  base, TTS-Llama (speech expert always on) and MoLE-Llama (learned routing);
+- router accuracy: share of held-out text-task and speech tokens routed mainly to their expert;
+- text in, speech out: MoLE-Llama answers questions in text, then says the answers.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForTextToWaveform, AutoTokenizer
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+METRICS_FILE = "metrics.json"
+
+
+def _load_speaking(folder):
+    return AutoModelForTextToWaveform.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def held_out_speech_examples(test_dataset, semantic_tokenizer_dir):
+    """TTS prompt-completion examples of held-out recordings (their units from the model's own tokenizer)."""
+    from datasets import Dataset
+
+    from ..data.audio import decode_audio, without_audio_decoding
+    from ..modeling.modeling_semantic_units import SemanticUnitsModel
+    from ..training.prepare import encode
+    from ..training.sft_data import tts_examples
+
+    semantic_tokenizer = SemanticUnitsModel.from_pretrained(semantic_tokenizer_dir).eval()
+    rows = []
+    for row in without_audio_decoding(test_dataset):
+        waveform, rate = decode_audio(row["audio"])
+        with torch.no_grad():
+            units = encode(semantic_tokenizer, waveform, rate, semantic_tokenizer.config.sampling_rate)[0]
+        rows.append({"text": row["text"], "semantic_units": units.tolist()})
+    return tts_examples(Dataset.from_list(rows))
+
+
+def evaluate_models(
+    tts_dir,
+    mole_dir,
+    base_dir,
+    corpus,
+    qa,
+    out_dir,
+    num_sentences: int = 8,
+    num_prompts: int = 200,
+    num_spoken_answers: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Measure everything on the corpus's `test` split and the QA data's `eval`/`known` splits; write the clips
+    under `out_dir/audio/` and the numbers to `out_dir/metrics.json`; return them."""
+    from ..data.audio import without_audio_decoding
+    from ..training.sft_data import text_examples
+    from .retention import accuracy, agreement, greedy_answers, teacher_forced_divergence
+    from .routing import expert_weight_trace, router_accuracy
+    from .speech import ground_truth_intelligibility, spoken_answers, synthesized_intelligibility, voice_references
+
+    out_dir = Path(out_dir)
+    if len(qa["eval"]) < num_prompts:
+        raise ValueError(f"the QA data has {len(qa['eval'])} evaluation prompts, fewer than {num_prompts} asked")
+    sentences = list(dict.fromkeys(corpus["test"]["text"]))[:num_sentences]
+    test = without_audio_decoding(corpus["test"]).filter(lambda row: row["text"] in set(sentences))
+    references = voice_references(corpus["train"], sorted(set(test["voice"])))
+
+    base_tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    speakers = {"TTS-Llama": _load_speaking(tts_dir), "MoLE-Llama": _load_speaking(mole_dir)}
+    tokenizer = speakers["TTS-Llama"].speech_parts["tokenizer"]
+    mole_tokenizer = speakers["MoLE-Llama"].speech_parts["tokenizer"]
+    # The same folders as causal LMs, for text: a speaking model's generate() speaks.
+    tts = AutoModelForCausalLM.from_pretrained(str(tts_dir), dtype=torch.float32).eval()
+    mole = AutoModelForCausalLM.from_pretrained(str(mole_dir), dtype=torch.float32).eval()
+    if mole.config.routing is not None:
+        raise ValueError(
+            f"{mole_dir} forces routing={mole.config.routing!r}: give a MoLE-Llama with its learned router"
+        )
+
+    metrics = {"settings": {"sentences": len(sentences), "voices": sorted(set(test["voice"])),
+                            "prompts": num_prompts, "seed": seed}}  # fmt: skip
+    logger.warning("intelligibility: ground truth, TTS-Llama, MoLE-Llama ...")
+    intelligibility, clips = {}, {}
+    intelligibility["ground truth"], clips["ground truth"] = ground_truth_intelligibility(test, out_dir / "audio/gt")
+    for (name, speaker), folder in zip(speakers.items(), ("tts", "mole")):
+        intelligibility[name], clips[name] = synthesized_intelligibility(
+            speaker, test, references, out_dir / "audio" / folder, seed=seed
+        )
+    metrics["intelligibility"], metrics["clips"] = intelligibility, clips
+
+    logger.warning("text retention ...")
+    evaluation = qa["eval"].select(range(num_prompts))
+    questions, base_answers = evaluation["question"], evaluation["base_answer"]
+    max_new_tokens = evaluation["max_new_tokens"][0]  # the base answered with this budget: the models get the same
+    known = qa["known"]
+    retention = {}
+    for name, model, model_tokenizer in (("base", base, base_tokenizer), ("TTS-Llama", tts, tokenizer),
+                                         ("MoLE-Llama", mole, mole_tokenizer)):  # fmt: skip
+        answers = base_answers if model is base else greedy_answers(model, model_tokenizer, questions, max_new_tokens)
+        known_answers = greedy_answers(model, model_tokenizer, known["question"], max_new_tokens)
+        divergence = teacher_forced_divergence(model, base, model_tokenizer, questions, base_answers)
+        retention[name] = {
+            "agreement": agreement(answers, base_answers),
+            **divergence,
+            "accuracy": accuracy(known_answers, known["answer"]),
+            "examples": [{"question": q, "answer": a} for q, a in zip(questions[:3], answers[:3])],
+        }
+    metrics["retention"] = retention
+
+    logger.warning("router accuracy ...")
+    speech_examples = held_out_speech_examples(test, Path(mole_dir) / "semantic_tokenizer")
+    text_rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in zip(questions[:50], base_answers[:50])
+    ]
+    examples = list(speech_examples) + list(text_examples(Dataset.from_list(text_rows)))
+    metrics["routing"] = router_accuracy(mole, mole_tokenizer, examples)
+    speech = speech_examples[0]
+    conversation = text_rows[0]["messages"] + speech["prompt"] + speech["completion"]
+    rendered = mole_tokenizer.apply_chat_template(conversation, tokenize=False)
+    tokens, weights = expert_weight_trace(mole, mole_tokenizer, rendered)
+    metrics["routing_trace"] = {"tokens": tokens, "weights": weights.tolist(), "experts": mole.config.expert_names}
+
+    logger.warning("text in, speech out ...")
+    spoken = known.select(range(min(num_spoken_answers, len(known))))["question"]
+    metrics["spoken_answers"] = spoken_answers(
+        speakers["MoLE-Llama"],
+        mole,
+        mole_tokenizer,
+        spoken,
+        references[sorted(references)[0]],
+        out_dir / "audio/answers",
+        seed=seed,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+__all__ = ["evaluate_models", "held_out_speech_examples"]

@@ -1,0 +1,123 @@
+"""Router accuracy of a MoLE-Llama: does the learned router send each task's answer tokens to the right expert?
+
+The routers only ever see the hidden states, never the task, so this is measured where it matters: on the
+completion (answer) tokens of held-out prompt-completion examples, a token counting as "routed to" the expert with
+the highest router weight averaged over layers (as the router training logs it).
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .retention import _chat_ids, _pad
+
+DEFAULT_EXPERT_FOR_TASK = {"text": "text", "tts": "speech"}
+RESERVED_KEYS = ("tokens", "mean_weights")
+
+
+def _check_mole(model) -> list:
+    """The model's expert names, or a clear error for a model without a router."""
+    if not callable(getattr(model, "set_routing", None)) or not getattr(model.config, "expert_names", None):
+        raise ValueError(f"routing is measured on a MoLE-Llama with experts, got {type(model).__name__}")
+    return list(model.config.expert_names)
+
+
+@contextmanager
+def _learned_routing(model):
+    """The learned router in eval mode for the duration, then the model's previous routing and mode back."""
+    _check_mole(model)
+    routing, training = model.config.routing, model.training
+    try:
+        model.set_routing(None)
+        model.eval()
+        yield
+    finally:
+        model.set_routing(routing)
+        model.train(training)
+
+
+def _layer_mean_weights(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Router weights averaged over layers, `(batch, seq, num_experts)`, in float32."""
+    output = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask, output_expert_weights=True)
+    return torch.stack([weights.float() for weights in output.expert_weights]).mean(dim=0)
+
+
+def _completion_ids(tokenizer, example) -> tuple:
+    """`(full_ids, prompt_length)` of one conversational prompt-completion example through the chat template."""
+    missing = [key for key in ("prompt", "completion", "task") if key not in example]
+    if missing:
+        raise ValueError(f"an example lacks {missing}: give prompt-completion examples with a task (see sft_data)")
+    prompt, completion = example["prompt"], example["completion"]
+    if not isinstance(prompt, list) or not isinstance(completion, list) or not completion:
+        raise ValueError("prompt and completion must be lists of {'role', 'content'} messages (conversational)")
+    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full_ids = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+        raise ValueError(
+            "the chat template does not render the prompt (with the generation prompt) as a prefix of the whole "
+            "conversation, so the completion tokens cannot be told apart; use a template that does (e.g. SmolLM2's)"
+        )
+    return full_ids, len(prompt_ids)
+
+
+def router_accuracy(model, tokenizer, examples, expert_for_task=None, batch_size: int = 8) -> dict:
+    """Per task, the share of completion tokens whose layer-averaged router weight is highest for the task's
+    expert (`expert_for_task`, default text -> "text", tts -> "speech"), with the learned router whatever routing
+    the model was set to (restored after).
+
+    Returns `{task: share, ..., "tokens": {task: completion tokens}, "mean_weights": {task: {expert: weight}}}`.
+    """
+    expert_for_task = dict(DEFAULT_EXPERT_FOR_TASK if expert_for_task is None else expert_for_task)
+    names = _check_mole(model)
+    unknown = {task: expert for task, expert in expert_for_task.items() if expert not in names}
+    if unknown:
+        raise ValueError(f"expert_for_task names experts the model lacks: {unknown} (its experts are {names})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    examples = list(examples)
+    if not examples:
+        raise ValueError("no examples: give at least one prompt-completion example")
+    rows = []  # (task, full_ids, prompt_length)
+    for example in examples:
+        task = example.get("task") if hasattr(example, "get") else None
+        if task not in expert_for_task or task in RESERVED_KEYS:
+            raise ValueError(f"task {task!r} has no expected expert: expert_for_task covers {sorted(expert_for_task)}")
+        rows.append((task, *_completion_ids(tokenizer, example)))
+
+    hits, sums, counts = {}, {}, {}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked, any id does
+    with _learned_routing(model), torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            input_ids, attention_mask = _pad([ids for _, ids, _ in batch], pad_id, side="right")
+            weights = _layer_mean_weights(model, input_ids, attention_mask.to(model.device)).cpu()
+            for row, (task, ids, prompt_length) in enumerate(batch):
+                completion = weights[row, prompt_length : len(ids)]  # (completion tokens, experts)
+                expected = names.index(expert_for_task[task])
+                hits[task] = hits.get(task, 0) + int((completion.argmax(dim=-1) == expected).sum())
+                sums[task] = sums.get(task, 0) + completion.sum(dim=0)
+                counts[task] = counts.get(task, 0) + completion.shape[0]
+    result = {task: hits[task] / counts[task] for task in counts}
+    result["tokens"] = dict(counts)
+    result["mean_weights"] = {
+        task: {name: float(sums[task][index]) / counts[task] for index, name in enumerate(names)} for task in counts
+    }
+    return result
+
+
+def expert_weight_trace(model, tokenizer, text: str) -> tuple:
+    """`(tokens, weights)` for one string, tokenized as it is (no special tokens added; render a chat with
+    `apply_chat_template(..., tokenize=False)` first): each token's text and its layer-averaged router weights,
+    `(seq, num_experts)` in `model.config.expert_names` order, with the learned router. For plotting the routing."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("text must be a non-empty string")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"text {text!r} tokenizes to no tokens")
+    with _learned_routing(model), torch.no_grad():
+        weights = _layer_mean_weights(model, torch.tensor([ids]))[0]
+    return [tokenizer.decode([token]) for token in ids], weights.cpu().numpy().astype(np.float32)
+
+
+__all__ = ["DEFAULT_EXPERT_FOR_TASK", "expert_weight_trace", "router_accuracy"]

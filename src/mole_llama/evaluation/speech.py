@@ -1,0 +1,146 @@
+"""Speech evaluation: speak held-out sentences in each voice and score them with pocketsphinx next to the same
+measure on the ground-truth recordings (the ceiling); speak a model's text answers and compare what is heard.
+
+The LLM's semantic units do not depend on the voice, so each sentence is turned into units once and rendered in
+every voice by the acoustic LM with that voice's reference clip as prompt.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from tqdm.auto import tqdm
+
+from ..data.audio import decode_audio, without_audio_decoding
+from ..modeling.modeling_tts_llama import NoSpeechUnitsError
+from .intelligibility import error_rates, transcribe
+
+MIN_REFERENCE_SECONDS = 2.0
+UNIT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50}
+"""How the LLM's units are drawn in evaluation: greedy decoding of 50 Hz units tends to loop on one unit."""
+
+
+def voice_references(dataset, voices, audio_column: str = "audio", min_seconds: float = MIN_REFERENCE_SECONDS):
+    """`{voice: (waveform, rate)}`: the first clip of each voice at least `min_seconds` long (a training clip, so
+    the voice prompt never holds a test sentence)."""
+    references = {}
+    for row in without_audio_decoding(dataset, audio_column):
+        if row["voice"] in voices and row["voice"] not in references:
+            waveform, rate = decode_audio(row[audio_column])
+            if len(waveform) >= min_seconds * rate:
+                references[row["voice"]] = (waveform, rate)
+    missing = sorted(set(voices) - set(references))
+    if missing:
+        raise ValueError(f"no clip of at least {min_seconds} s for the voice(s) {missing}: give a larger corpus")
+    return references
+
+
+def _units_or_none(model, text: str, llm_kwargs: dict):
+    """The model's units for `text`, or None when it says nothing (scored as an empty transcript, not skipped)."""
+    try:
+        return model.speech_units(text, **llm_kwargs)
+    except NoSpeechUnitsError:
+        return None
+
+
+def _silence(model) -> np.ndarray:
+    return np.zeros(int(0.2 * model.sampling_rate), dtype=np.float32)
+
+
+def _rates_by_voice(rows: list) -> dict:
+    """`{voice: {"wer", "cer"}, "all": {...}}` over rows holding `voice`, `text` and `transcript`."""
+    rates = {}
+    for voice in sorted({row["voice"] for row in rows}):
+        mine = [row for row in rows if row["voice"] == voice]
+        rates[voice] = error_rates([r["text"] for r in mine], [r["transcript"] for r in mine])
+    rates["all"] = error_rates([r["text"] for r in rows], [r["transcript"] for r in rows])
+    return rates
+
+
+def _write(path: Path, waveform, rate: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.asarray(waveform, dtype=np.float32).reshape(-1), int(rate))
+    return str(path)
+
+
+def ground_truth_intelligibility(test_dataset, out_dir=None, audio_column: str = "audio") -> tuple:
+    """`(rates, rows)` of the recordings themselves; with `out_dir`, each clip is also written there as a WAV."""
+    rows = []
+    for index, row in enumerate(tqdm(without_audio_decoding(test_dataset, audio_column), desc="ground truth")):
+        waveform, rate = decode_audio(row[audio_column])
+        entry = {"voice": row["voice"], "text": row["text"], "transcript": transcribe(waveform, rate)}
+        if out_dir is not None:
+            entry["path"] = _write(Path(out_dir) / f"{index:02d}-{row['voice']}.wav", waveform, rate)
+        rows.append(entry)
+    return _rates_by_voice(rows), rows
+
+
+def synthesized_intelligibility(
+    model, test_dataset, references: dict, out_dir, seed: int = 0, max_new_tokens: int = 400, **llm_kwargs
+) -> tuple:
+    """`(rates, rows)` of `model` (a speaking model folder loaded with `AutoModelForTextToWaveform`) reading the
+    test sentences in each voice of the test set; every clip is written to `out_dir`."""
+    llm_kwargs = {**UNIT_SAMPLING, **llm_kwargs, "max_new_tokens": max_new_tokens}
+    voices = sorted(set(test_dataset["voice"]))
+    missing = sorted(set(voices) - set(references))
+    if missing:
+        raise ValueError(f"no reference clip for the voice(s) {missing}: pass one per voice of the test set")
+    prompts = {voice: model.voice_prompt(references[voice]) for voice in voices}
+    sentences = list(dict.fromkeys(test_dataset["text"]))  # each sentence once, in order
+    rows = []
+    for index, text in enumerate(tqdm(sentences, desc="speaking held-out sentences")):
+        torch.manual_seed(seed + index)
+        units = _units_or_none(model, text, llm_kwargs)
+        for voice in voices:
+            waveform = model.units_to_waveform(units, prompts[voice]).numpy() if units else _silence(model)
+            rows.append(
+                {
+                    "voice": voice,
+                    "text": text,
+                    "units": len(units or []),
+                    "transcript": transcribe(waveform, model.sampling_rate),
+                    "path": _write(Path(out_dir) / f"{index:02d}-{voice}.wav", waveform, model.sampling_rate),
+                }
+            )
+    return _rates_by_voice(rows), rows
+
+
+def spoken_answers(
+    speaker, text_model, tokenizer, questions, reference, out_dir, seed: int = 0, max_new_tokens: int = 32
+) -> list:
+    """Text in, speech out: `text_model` (a MoLE-Llama as a causal LM, learned routing) answers each question in
+    text, then `speaker` (the same folder loaded to speak) says the answer in the `reference` voice;
+    pocketsphinx's transcript is scored against the text answer."""
+    from .retention import greedy_answers
+
+    answers = greedy_answers(text_model, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
+    model, prompt = speaker, speaker.voice_prompt(reference)
+    rows = []
+    for index, (question, answer) in enumerate(zip(tqdm(questions, desc="spoken answers"), answers)):
+        if not answer:
+            raise ValueError(f"the model gave an empty text answer to {question!r}: nothing to speak")
+        torch.manual_seed(seed + index)
+        try:
+            waveform = model.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=400).numpy()
+        except NoSpeechUnitsError:
+            waveform = _silence(model)
+        transcript = transcribe(waveform, model.sampling_rate)
+        rows.append(
+            {
+                "question": question,
+                "answer": answer,
+                "transcript": transcript,
+                "wer": error_rates([answer], [transcript])["wer"],
+                "path": _write(Path(out_dir) / f"answer-{index}.wav", waveform, model.sampling_rate),
+            }
+        )
+    return rows
+
+
+__all__ = [
+    "ground_truth_intelligibility",
+    "spoken_answers",
+    "synthesized_intelligibility",
+    "voice_references",
+]
