@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 import yaml
-from datasets import Audio, Dataset
+from datasets import Audio, Dataset, DatasetDict
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -191,3 +192,43 @@ def test_accelerate_two_processes_train_the_speech_expert(workspace, tmp_path):
     # 8 examples, 2 per process: two processes see them all in 2 steps (4 epochs in 8 steps); one would need 4
     assert state["epoch"] == pytest.approx(4.0), state["epoch"]
     assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_evaluate_writes_metrics_and_the_report(workspace, capsys):
+    """`mole-llama evaluate` on the tiny models the stages above trained: every measure runs, the base scores
+    itself perfectly, and REPORT.md holds the tables, plots and clips."""
+    out = workspace / "out"
+    if not (out / "mole").is_dir():
+        pytest.skip("needs the models of test_every_stage_runs_from_the_command_line")
+    run("build-corpus", "--out", workspace / "corpus", "--train", 2, "--test", 1, "--voices", "kal")
+    questions = ["What is 1 plus 1?", "Name a colour.", "What is the moon?", "Say hello."]
+    qa = DatasetDict(
+        {
+            "eval": Dataset.from_dict(
+                {"question": questions, "base_answer": ["Two.", "Blue.", "A rock in the sky.", "Hello!"],
+                 "max_new_tokens": [4] * 4}
+            ),
+            "known": Dataset.from_list([{"question": "What is 2 plus 3?", "answer": "5"}]),
+        }
+    )  # fmt: skip
+    qa.save_to_disk(str(workspace / "qa"))
+    report_dir = workspace / "report"
+    run("evaluate", "--tts", out / "tts" / "model", "--mole", out / "mole", "--base", workspace / "base",
+        "--corpus", workspace / "corpus", "--qa", workspace / "qa", "--out", report_dir, "--sentences", 1,
+        "--prompts", 4, "--run", f"router={out / 'mole'}")  # fmt: skip
+    assert capsys.readouterr().out.strip() == str(report_dir / "REPORT.md")
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["retention"]["base"]["kl"] == 0.0 and metrics["retention"]["base"]["token_agreement"] == 1.0
+    assert set(metrics["intelligibility"]) == {"ground truth", "TTS-Llama", "MoLE-Llama"}
+    assert metrics["routing"]["tokens"]["tts"] > 0 and metrics["routing"]["tokens"]["text"] > 0
+    assert all(Path(row["path"]).is_file() for rows in metrics["clips"].values() for row in rows)
+    report = (report_dir / "REPORT.md").read_text()
+    for title in ("## Claims of the paper", "## Intelligibility", "## Text retention", "## Router accuracy",
+                  "## Text in, speech out", "plots/mel_spectrograms.png", "plots/router_weights.png",
+                  "plots/loss_curves.png"):  # fmt: skip
+        assert title in report
+    common = ["--base", workspace / "base", "--corpus", workspace / "corpus", "--qa", workspace / "qa"]
+    with pytest.raises(SystemExit):
+        run("evaluate", "--tts", out / "tts" / "model", "--mole", out / "mole", *common, "--out", report_dir,
+            "--prompts", 300)  # fmt: skip
+    assert "fewer than 300 asked" in capsys.readouterr().err

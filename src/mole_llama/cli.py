@@ -7,12 +7,10 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 
-def parse_expert(text: str) -> tuple:
+def parse_named_folder(text: str) -> tuple:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(
-            f"--expert {text!r}: write it as NAME=ADAPTER_DIR, e.g. speech=out/tts-adapter"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: write it as NAME=FOLDER, e.g. speech=out/tts/adapter")
     return name, path
 
 
@@ -84,6 +82,56 @@ def cmd_ask(args) -> None:
             raise ValueError("the model gave an empty answer: nothing to speak")
         speech = _speak(model_path, answer, args)
         print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]), file=sys.stderr)
+
+
+def cmd_build_corpus(args) -> None:
+    from .data.corpus import build_speech_corpus
+
+    corpus = build_speech_corpus(args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed)
+    print(", ".join(f"{name}: {len(split)} clips" for name, split in corpus.items()), file=sys.stderr)
+    print(Path(args.out))
+
+
+def cmd_build_qa(args) -> None:
+    from .conversion.gguf import embedded_base_path
+    from .data.qa import build_qa_dataset
+
+    base = args.base or embedded_base_path()
+    qa = build_qa_dataset(base, args.out, args.train, args.eval, args.max_new_tokens, args.batch_size, args.seed)
+    print(", ".join(f"{name}: {len(split)} rows" for name, split in qa.items()), file=sys.stderr)
+    print(Path(args.out))
+
+
+def cmd_evaluate(args) -> None:
+    from datasets import load_from_disk
+
+    from .conversion.gguf import embedded_base_path
+    from .evaluation.evaluate import evaluate_models
+    from .evaluation.report import write_report
+
+    metrics = evaluate_models(
+        args.tts, args.mole, args.base or embedded_base_path(), load_from_disk(args.corpus), load_from_disk(args.qa),
+        args.out, num_sentences=args.sentences, num_prompts=args.prompts, seed=args.seed,
+    )  # fmt: skip
+    print(write_report(metrics, args.out, dict(args.training_runs), header=args.header or ""))
+
+
+def cmd_export(args) -> None:
+    from .conversion.hub import export_for_hub
+
+    print(export_for_hub(args.model, args.out, args.repo_id, metrics=args.metrics, training=args.training or ""))
+
+
+def cmd_push(args) -> None:
+    from .conversion.hub import push_to_hub
+
+    print(push_to_hub(args.repo_dir, args.repo_id, private=not args.public))
+
+
+def cmd_merge_expert(args) -> None:
+    from .conversion.merge import merge_speaking_model
+
+    print(merge_speaking_model(args.model, args.out, args.expert))
 
 
 # ------------------------------------------------------------------------------------------------ training stages
@@ -293,6 +341,62 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--codec", help="to bundle a speaking model")
     command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
+    command = commands.add_parser("build-corpus", help="synthesize the embedded speech corpus with festival")
+    command.add_argument("--out", required=True, help="output folder (a datasets DatasetDict: train, test)")
+    command.add_argument("--train", type=int, default=200, help="training sentences per voice")
+    command.add_argument("--test", type=int, default=10, help="held-out sentences (read in every voice)")
+    command.add_argument("--voices", nargs="+", default=["kal", "ked", "slt"])
+    command.add_argument("--workers", type=int, default=2, help="parallel festival processes")
+    command.add_argument("--cache-dir", help="where synthesized clips are kept (default: beside --out)")
+    command.add_argument("--seed", type=int, default=0)
+    command.set_defaults(run=cmd_build_corpus)
+
+    command = commands.add_parser("build-qa", help="offline text QA data: base-model answers + known answers")
+    command.add_argument("--out", required=True, help="output folder (a datasets DatasetDict: train, eval, known)")
+    command.add_argument("--base", help="base model folder (default: the embedded SmolLM2)")
+    command.add_argument("--train", type=int, default=200, help="training questions")
+    command.add_argument("--eval", type=int, default=200, help="held-out evaluation questions")
+    command.add_argument("--max-new-tokens", type=int, default=24, help="answer budget (evaluation reuses it)")
+    command.add_argument("--batch-size", type=int, default=16)
+    command.add_argument("--seed", type=int, default=0)
+    command.set_defaults(run=cmd_build_qa)
+
+    command = commands.add_parser("evaluate", help="intelligibility, text retention, router accuracy -> REPORT.md")
+    command.add_argument("--tts", required=True, help="speaking TTS-Llama folder")
+    command.add_argument("--mole", required=True, help="speaking MoLE-Llama folder (learned routing)")
+    command.add_argument("--base", help="base model folder (default: the embedded SmolLM2)")
+    command.add_argument("--corpus", required=True, help="speech corpus folder (build-corpus): its test split")
+    command.add_argument("--qa", required=True, help="QA folder (build-qa): its eval and known splits")
+    command.add_argument("--out", required=True, help="where metrics.json, REPORT.md, plots and WAVs go")
+    command.add_argument("--sentences", type=int, default=8, help="held-out sentences to speak (in every voice)")
+    command.add_argument("--prompts", type=int, default=200, help="held-out text prompts for retention")
+    command.add_argument("--run", dest="training_runs", action="append", default=[], type=parse_named_folder,
+                         metavar="NAME=FOLDER",
+                         help="a training run whose loss curve goes in the report (repeatable)")  # fmt: skip
+    command.add_argument("--header", help="text put at the top of REPORT.md")
+    command.add_argument("--seed", type=int, default=0)
+    command.set_defaults(run=cmd_evaluate)
+
+    command = commands.add_parser("merge-expert", help="fold one expert into the weights of a speaking model")
+    command.add_argument("--model", required=True, help="speaking model folder (e.g. tts/model)")
+    command.add_argument("--expert", default="speech", help="the expert to merge (default: speech)")
+    command.add_argument("--out", required=True, help="output folder: a plain-Llama TTS-Llama, no LoRA at run time")
+    command.set_defaults(run=cmd_merge_expert)
+
+    command = commands.add_parser("export", help="a speaking model folder -> a Hub repository folder with its card")
+    command.add_argument("--model", required=True, help="speaking model folder (tts/model or the MoLE-Llama)")
+    command.add_argument("--out", required=True, help="new folder for the Hub repository")
+    command.add_argument("--repo-id", required=True, help="ORG/NAME the card's snippets load")
+    command.add_argument("--metrics", help="metrics.json of mole-llama evaluate (goes in the card's model-index)")
+    command.add_argument("--training", help="how the model was trained (Markdown for the card)")
+    command.set_defaults(run=cmd_export)
+
+    command = commands.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    command.add_argument("repo_dir", help="folder written by mole-llama export")
+    command.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    command.add_argument("--public", action="store_true", help="make the repository public (default: private)")
+    command.set_defaults(run=cmd_push)
+
     command = commands.add_parser("synthesize", help="text -> WAV with a TTS-Llama or MoLE-Llama folder")
     command.add_argument("text")
     command.add_argument("-m", "--model", required=True, help="a speaking model folder (or Hub id)")
@@ -316,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     command = commands.add_parser("build-mole", help="build a MoLE-Llama from a base and one PEFT LoRA per expert")
     command.add_argument("--base", required=True, help="base Llama folder the adapters were trained on")
     command.add_argument(
-        "--expert", required=True, action="append", type=parse_expert, metavar="NAME=ADAPTER_DIR",
+        "--expert", required=True, action="append", type=parse_named_folder, metavar="NAME=ADAPTER_DIR",
         help="an expert and its PEFT adapter folder; repeat, in gate order (e.g. text=... speech=...)",
     )  # fmt: skip
     command.add_argument("--out", required=True, help="output folder")

@@ -1,53 +1,117 @@
-"""The embedded demo (`make demo`), in its first form: MoLE-Llama on the real SmolLM2-135M-Instruct.
+"""The embedded demo (`make demo`): SmolLM2-135M-Instruct learns to speak, end to end, through the `mole-llama`
+command a user would run, and the paper's claims are measured on what it ends with.
 
-It converts the embedded base once, puts two fresh LoRA experts (rank 128, all projections, as in the paper) and
-a router on it, and checks that the result answers exactly as the base model does, printing the router's expert
-weights. The speech stages join it as they land (issues 3-5).
+Steps: the festival corpus and the offline QA data, then every training stage with `recipes/embedded.yaml`
+(shortened by `--set` overrides so the whole run fits about 20 minutes on 2 CPU cores), then `mole-llama
+evaluate`, which writes `demo_output/REPORT.md` with its tables and plots. The models it ends with are
+`demo_output/models/tts-llama` and `demo_output/models/mole-llama`.
 """
 
+import argparse
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging
+PROFILES = {
+    # corpus: training sentences per voice, held-out sentences; qa: training questions; then per-stage overrides
+    "default": {
+        "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 200,
+        "set": [
+            "semantic_tokenizer.iterations=10", "codec.steps=250", "acoustic_lm.training.num_train_epochs=3",
+            "tts_expert.training.max_steps=12", "tts_expert.training.per_device_train_batch_size=4",
+            "text_expert.training.max_steps=8", "text_expert.training.per_device_train_batch_size=4",
+            "router.training.max_steps=8", "router.training.per_device_train_batch_size=4",
+            "tts_expert.training.logging_steps=1", "text_expert.training.logging_steps=1",
+            "router.training.logging_steps=1",
+        ],
+    },
+    "tiny": {  # the suite's smoke profile: every step runs, nothing learns much
+        "train_sentences": 6, "test_sentences": 2, "qa_train": 8, "eval_sentences": 1, "eval_prompts": 200,
+        "set": [
+            "semantic_tokenizer.config.num_units=64", "semantic_tokenizer.iterations=3", "codec.steps=4",
+            "codec.batch_size=4", "acoustic_lm.training.max_steps=3", "tts_expert.training.max_steps=2",
+            "text_expert.training.max_steps=2", "router.training.max_steps=2",
+            "tts_expert.training.per_device_train_batch_size=2", "text_expert.training.per_device_train_batch_size=2",
+            "router.training.per_device_train_batch_size=2", "acoustic_lm.training.logging_steps=1",
+            "tts_expert.training.logging_steps=1", "text_expert.training.logging_steps=1",
+            "router.training.logging_steps=1",
+        ],
+    },
+}  # fmt: skip
 
-from .chat import greedy_chat_reply
-from .conversion.gguf import embedded_base_path
-from .conversion.peft_experts import mole_config_from_base
-from .modeling import MoLELlamaForCausalLM
 
-QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
-
-
-def main() -> None:
+def run_step(title: str, command: str, *args, log: list, recipe: tuple = ()) -> float:
+    """Run one `mole-llama` subcommand in a child process, as a user would; returns its wall time. The recipe
+    arguments (the same for every stage) are passed but not printed."""
+    shown = " ".join(map(str, args)) + (" [recipe]" if recipe else "")
+    print(f"\n=== {title}: mole-llama {command} {shown}", flush=True)
     started = time.perf_counter()
-    base_dir = embedded_base_path()
-    print(f"embedded base: {base_dir}")
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the fresh experts and routers are "missing" from the base checkpoint, as intended
-    mole = MoLELlamaForCausalLM.from_pretrained(
-        base_dir, config=mole_config_from_base(base.config, ["text", "speech"])
-    ).eval()
-    logging.set_verbosity(verbosity)
-    print(f"MoLE-Llama: experts {mole.config.expert_names}, rank {mole.config.experts[0]['r']}, "
-          f"{sum(p.numel() for p in mole.router_parameters()):,} router parameters")  # fmt: skip
+    subprocess.run([sys.executable, "-m", "mole_llama.cli", command, *map(str, recipe), *map(str, args)], check=True)
+    seconds = time.perf_counter() - started
+    log.append((title, seconds))
+    return seconds
 
-    for question in QUESTIONS:
-        base_ids = greedy_chat_reply(base, tokenizer, question, max_new_tokens=32)
-        mole_ids = greedy_chat_reply(mole, tokenizer, question, max_new_tokens=32)
-        print(f"\nQ: {question}\nSmolLM2:    {tokenizer.decode(base_ids, skip_special_tokens=True).strip()}")
-        print(f"MoLE-Llama: {tokenizer.decode(mole_ids, skip_special_tokens=True).strip()}")
-        print(f"identical tokens: {torch.equal(base_ids, mole_ids)}")
 
-    inputs = tokenizer(QUESTIONS[0], return_tensors="pt")
-    with torch.no_grad():
-        weights = mole(**inputs, output_expert_weights=True).expert_weights
-    mean = torch.stack(weights).mean(dim=(0, 1, 2))
-    print("\nmean expert weights (fresh router, equal by construction): "
-          + ", ".join(f"{name} {w:.3f}" for name, w in zip(mole.config.expert_names, mean.tolist())))  # fmt: skip
-    print(f"done in {time.perf_counter() - started:.0f} s")
+def run_demo(out_dir="demo_output", profile: str = "default", config: str = "embedded") -> Path:
+    """Every step of the demo; returns the REPORT.md path."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
+    settings = PROFILES[profile]
+    out = Path(out_dir)
+    work, models = out / "work", out / "models"
+    recipe = ["--config", config, "--set", f"output_dir={work}"] + [
+        item for value in settings["set"] for item in ("--set", value)
+    ]
+    print(f"recipe {config} with {' '.join(settings['set'])}")
+    started, log = time.perf_counter(), []
+    run_step("embedded base model", "embedded-base", log=log)
+    run_step("speech corpus (festival)", "build-corpus", "--out", work / "corpus",
+             "--train", settings["train_sentences"], "--test", settings["test_sentences"], log=log)  # fmt: skip
+    run_step("text QA data (base answers)", "build-qa", "--out", work / "qa", "--train", settings["qa_train"],
+             "--eval", settings["eval_prompts"], log=log)  # fmt: skip
+    run_step("semantic units", "fit-semantic-tokenizer", "--dataset", work / "corpus", log=log, recipe=recipe)
+    run_step("codec", "train-codec", "--dataset", work / "corpus", log=log, recipe=recipe)
+    run_step("units and codes", "prepare", "--dataset", work / "corpus", log=log, recipe=recipe)
+    run_step("acoustic LM", "train-acoustic-lm", log=log, recipe=recipe)
+    run_step("speech expert (TTS-Llama)", "train-tts", log=log, recipe=recipe)
+    run_step("text expert", "train-text", "--dataset", work / "qa", log=log, recipe=recipe)
+    run_step("router (MoLE-Llama)", "train-router", "--text-dataset", work / "qa",
+             "--out", models / "mole-llama", log=log, recipe=recipe)  # fmt: skip
+    if (models / "tts-llama").exists():
+        shutil.rmtree(models / "tts-llama")
+    shutil.copytree(work / "tts" / "model", models / "tts-llama")
+    training_seconds = time.perf_counter() - started
+    runs = {"codec": work / "codec", "acoustic LM": work / "acoustic_lm", "speech expert": work / "tts" / "adapter",
+            "text expert": work / "text_expert", "router": models / "mole-llama"}  # fmt: skip
+    header = (
+        f"Embedded demo, profile `{profile}`: SmolLM2-135M-Instruct, recipe `{config}` with "
+        + ", ".join(f"`{value}`" for value in settings["set"])
+        + f"; corpus {settings['train_sentences']} training sentences per voice. Data and training took "
+        f"{training_seconds / 60:.1f} min."
+    )
+    run_step("evaluation and report", "evaluate", "--tts", models / "tts-llama", "--mole", models / "mole-llama",
+             "--corpus", work / "corpus", "--qa", work / "qa", "--out", out,
+             "--sentences", settings["eval_sentences"], "--prompts", settings["eval_prompts"], "--header", header,
+             *[item for name, folder in runs.items() for item in ("--run", f"{name}={folder}")], log=log)  # fmt: skip
+    total = time.perf_counter() - started
+    report = out / "REPORT.md"
+    timings = "\n".join(f"| {title} | {seconds:.0f} |" for title, seconds in log)
+    with report.open("a") as handle:
+        handle.write(f"\n## Wall time\n\n| step | seconds |\n|---|---:|\n{timings}\n| **total** | **{total:.0f}** |\n")
+    print(f"\n=== done in {total / 60:.1f} min: {report}")
+    print(report.read_text().split("## Samples")[0])
+    return report
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mole_llama.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_output", help="output folder")
+    parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    parser.add_argument("--config", default="embedded", help="recipe to train with")
+    args = parser.parse_args(argv)
+    run_demo(args.out, args.profile, args.config)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from .intelligibility import error_rates, transcribe
 MIN_REFERENCE_SECONDS = 2.0
 UNIT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50}
 """How the LLM's units are drawn in evaluation: greedy decoding of 50 Hz units tends to loop on one unit."""
+MAX_UNITS = 300
+"""Cap on units per sentence (6 s at 50 Hz; the corpus's 5-12-word sentences take 2-5 s), so an undertrained
+speech expert that never ends its segment costs bounded time."""
 
 
 def voice_references(dataset, voices, audio_column: str = "audio", min_seconds: float = MIN_REFERENCE_SECONDS):
@@ -77,7 +80,7 @@ def ground_truth_intelligibility(test_dataset, out_dir=None, audio_column: str =
 
 
 def synthesized_intelligibility(
-    model, test_dataset, references: dict, out_dir, seed: int = 0, max_new_tokens: int = 400, **llm_kwargs
+    model, test_dataset, references: dict, out_dir, seed: int = 0, max_new_tokens: int = MAX_UNITS, **llm_kwargs
 ) -> tuple:
     """`(rates, rows)` of `model` (a speaking model folder loaded with `AutoModelForTextToWaveform`) reading the
     test sentences in each voice of the test set; every clip is written to `out_dir`."""
@@ -122,7 +125,7 @@ def spoken_answers(
             raise ValueError(f"the model gave an empty text answer to {question!r}: nothing to speak")
         torch.manual_seed(seed + index)
         try:
-            waveform = model.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=400).numpy()
+            waveform = model.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=MAX_UNITS).numpy()
         except NoSpeechUnitsError:
             waveform = _silence(model)
         transcript = transcribe(waveform, model.sampling_rate)
