@@ -195,3 +195,27 @@ def test_base_with_another_layout_is_refused(tiny_base_dir, text_adapter_dir, tm
 def test_mole_base_is_refused(tiny_mole_dir, text_adapter_dir):
     with pytest.raises(ValueError, match="already a MoLE-Llama"):
         build_mole_from_adapters(tiny_mole_dir, {"text": text_adapter_dir})
+
+
+def test_merged_speech_expert_gives_the_logits_of_base_plus_adapter(tiny_base_dir, speech_adapter_dir, tmp_path):
+    """The merged model has no experts, no router and no LoRA at run time, and the logits of PEFT's base + adapter."""
+    from mole_llama.conversion.merge import merge_expert
+
+    mole = build_mole_from_adapters(tiny_base_dir, {"speech": speech_adapter_dir}).eval()
+    merged = merge_expert(mole, "speech")
+    merged.save_pretrained(tmp_path / "merged")
+    merged = MoLELlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.expert_names == [] and merged.config.routing == "base"
+    assert not any(".lora_" in key or ".router." in key for key in merged.state_dict())
+    base = LlamaForCausalLM.from_pretrained(tiny_base_dir)
+    base.resize_token_embeddings(mole.config.vocab_size, mean_resizing=False)
+    peft = PeftModel.from_pretrained(base, speech_adapter_dir).eval()
+    ids = ids_for(mole.config.vocab_size)
+    with torch.no_grad():
+        assert (peft(ids).logits - merged(ids).logits).abs().max() < 1e-4
+        with peft.disable_adapter():
+            assert (peft(ids).logits - merged(ids).logits).abs().max() > 1e-3  # the expert did change something
+    with pytest.raises(ValueError, match="merged into its weights"):
+        merged.set_routing(None)
+    with pytest.raises(ValueError, match="no expert 'text'"):
+        merge_expert(mole, "text")

@@ -106,8 +106,11 @@ class MoLELlamaConfig(LlamaConfig):
                     f"expert name {name!r} cannot name a weight: use letters, digits and underscores, starting "
                     f"with a letter, and none of {sorted(RESERVED_NAMES)}"
                 )
-        if not names:
-            raise ValueError("experts is empty: give at least one expert, e.g. experts=['text', 'speech']")
+        if not names and self.routing != NO_EXPERT:
+            raise ValueError(
+                "experts is empty: give at least one expert, e.g. experts=['text', 'speech'] (a model whose expert "
+                f"was merged into its weights has none, and routing='{NO_EXPERT}')"
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"expert names must be unique, got {names}")
         if NO_EXPERT in names:

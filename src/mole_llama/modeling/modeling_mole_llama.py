@@ -149,7 +149,7 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
 
     def __init__(self, config: MoLELlamaConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.router = MoLERouter(config)
+        self.router = MoLERouter(config) if config.experts else None  # none once the experts are merged
         self.routing = config.routing
         for parent in (self.self_attn, self.mlp):
             for proj_name, base in list(parent.named_children()):
@@ -206,6 +206,8 @@ class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
         """Force one expert for every token (`"speech"`), switch experts off (`"base"`), or go back to the
         learned router (`None`). The choice is stored in `config.routing`, so it is saved with the model."""
         names = self.config.expert_names
+        if not names and routing != NO_EXPERT:
+            raise ValueError(f"this model's experts were merged into its weights: only '{NO_EXPERT}' routing remains")
         if routing is not None and routing not in names + [NO_EXPERT]:
             raise ValueError(
                 f"unknown expert {routing!r}: this model has experts {names}; use one of them, "
