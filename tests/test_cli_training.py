@@ -232,3 +232,12 @@ def test_evaluate_writes_metrics_and_the_report(workspace, capsys):
         run("evaluate", "--tts", out / "tts" / "model", "--mole", out / "mole", *common, "--out", report_dir,
             "--prompts", 300)  # fmt: skip
     assert "fewer than 300 asked" in capsys.readouterr().err
+
+
+def test_overrides_read_exponent_numbers_as_numbers():
+    """YAML 1.1 reads `1e-2` as a string; an override means the number (the optimizer would refuse a string)."""
+    from mole_llama.training.recipes import parse_override
+
+    assert parse_override("router.training.learning_rate=1e-2") == (["router", "training", "learning_rate"], 0.01)
+    assert parse_override("a.b=2.5E+3")[1] == 2500.0 and parse_override("a.b=nan")[1] == "nan"
+    assert parse_override("data.text_column=sentence")[1] == "sentence" and parse_override("a.b=10")[1] == 10

@@ -20,9 +20,9 @@ PROFILES = {
         "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 200,
         "set": [
             "semantic_tokenizer.iterations=10", "codec.steps=250", "acoustic_lm.training.num_train_epochs=3",
-            "tts_expert.training.max_steps=12", "tts_expert.training.per_device_train_batch_size=4",
-            "text_expert.training.max_steps=8", "text_expert.training.per_device_train_batch_size=4",
-            "router.training.max_steps=8", "router.training.per_device_train_batch_size=4",
+            "tts_expert.training.max_steps=36", "tts_expert.training.per_device_train_batch_size=4",
+            "text_expert.training.max_steps=16", "text_expert.training.per_device_train_batch_size=4",
+            "router.training.max_steps=16", "router.training.per_device_train_batch_size=4",
             "tts_expert.training.logging_steps=1", "text_expert.training.logging_steps=1",
             "router.training.logging_steps=1",
         ],

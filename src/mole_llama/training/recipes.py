@@ -8,6 +8,7 @@ transformers `TrainingArguments` fields, so anything those accept can be set.
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -46,12 +47,23 @@ def recipe_path(name_or_path) -> Path:
     raise ValueError(f"no recipe file {name_or_path!r}: give a YAML path or one of {known}")
 
 
+EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_override(text: str) -> tuple:
     """`"tts_expert.training.max_steps=10"` -> `(["tts_expert", "training", "max_steps"], 10)`; the value is YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r}: write it as section.key=value, e.g. tts_expert.training.max_steps=10")
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), _yaml_value(value)
+
+
+def _yaml_value(text: str):
+    """A YAML scalar, except that `1e-3` is a number (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def load_recipe(name_or_path, overrides: list | None = None) -> dict:
