@@ -76,9 +76,21 @@ def test_qa_data_refuses_a_base_that_answers_nothing(tmp_path):
 def test_qa_data_from_the_embedded_base(tmp_path):
     from mole_llama.conversion.gguf import embedded_base_path
 
-    qa = build_qa_dataset(embedded_base_path(), tmp_path / "qa", num_train=3, num_eval=3, max_new_tokens=12)
-    assert set(qa) == {"train", "eval", "known"} and len(qa["train"]) == 3 and len(qa["eval"]) == 3
+    qa = build_qa_dataset(
+        embedded_base_path(), tmp_path / "qa", num_train=4, num_eval=3, max_new_tokens=12, train_max_new_tokens=96
+    )
+    # training answers are whole (cut ones are left out); evaluation answers all share the 12-token budget
+    assert set(qa) == {"train", "eval", "known"} and 1 <= len(qa["train"]) <= 4 and len(qa["eval"]) == 3
     for messages in qa["train"]["messages"]:
         assert [turn["role"] for turn in messages] == ["user", "assistant"] and messages[1]["content"]
     assert all(qa["eval"]["base_answer"]) and qa["eval"]["max_new_tokens"] == [12, 12, 12]
     assert not set(m[0]["content"] for m in qa["train"]["messages"]) & set(qa["eval"]["question"])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mole_llama.evaluation.retention import greedy_answers
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_base_path()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    question = ["Describe the moon in one sentence."]
+    assert greedy_answers(model, tokenizer, question, max_new_tokens=2, return_finished=True)[0][1] is False
+    assert greedy_answers(model, tokenizer, question, max_new_tokens=96, return_finished=True)[0][1] is True

@@ -134,3 +134,26 @@ def test_export_refuses_what_is_not_a_speaking_model(tmp_path, tts_dir):  # noqa
         export_for_hub(tmp_path, tmp_path / "out", REPO_ID)
     with pytest.raises(ValueError, match="ORG_OR_USER/NAME"):
         export_for_hub(tts_dir, tmp_path / "out", "no-slash")
+
+
+def test_merged_tts_llama_speaks_through_the_pipeline(tts_dir, tmp_path):  # noqa: F811
+    """merge-expert on a speaking folder: no experts left, the same logits as the expert forced on, and the stock
+    text-to-speech pipeline still speaks with it."""
+    import torch
+
+    from mole_llama.modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
+
+    speaker = MoLELlamaForTextToWaveform.from_pretrained(str(tts_dir)).eval()
+    with torch.no_grad():  # a trained expert: the fixture's is fresh (zero B), which would make merging trivial
+        for name, parameter in speaker.named_parameters():
+            if ".lora_B." in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    speaker.save_pretrained(tmp_path / "trained")
+    main(["merge-expert", "--model", str(tmp_path / "trained"), "--out", str(tmp_path / "merged")])
+    merged = MoLELlamaForTextToWaveform.from_pretrained(str(tmp_path / "merged")).eval()
+    assert merged.config.expert_names == [] and not any(".lora_" in key for key in merged.state_dict())
+    ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (merged(ids).logits - speaker(ids).logits).abs().max() < 1e-4
+    audio = pipeline("text-to-speech", model=str(tmp_path / "merged"))("Hello.", generate_kwargs={"seed": 0})
+    assert audio["audio"].size > 0 and np.isfinite(audio["audio"]).all()

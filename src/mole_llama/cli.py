@@ -97,7 +97,10 @@ def cmd_build_qa(args) -> None:
     from .data.qa import build_qa_dataset
 
     base = args.base or embedded_base_path()
-    qa = build_qa_dataset(base, args.out, args.train, args.eval, args.max_new_tokens, args.batch_size, args.seed)
+    qa = build_qa_dataset(
+        base, args.out, num_train=args.train, num_eval=args.eval, max_new_tokens=args.max_new_tokens,
+        train_max_new_tokens=args.train_max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+    )  # fmt: skip
     print(", ".join(f"{name}: {len(split)} rows" for name, split in qa.items()), file=sys.stderr)
     print(Path(args.out))
 
@@ -356,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--base", help="base model folder (default: the embedded SmolLM2)")
     command.add_argument("--train", type=int, default=200, help="training questions")
     command.add_argument("--eval", type=int, default=200, help="held-out evaluation questions")
-    command.add_argument("--max-new-tokens", type=int, default=24, help="answer budget (evaluation reuses it)")
+    command.add_argument("--max-new-tokens", type=int, default=24, help="evaluation answer budget (evaluate reuses it)")
+    command.add_argument("--train-max-new-tokens", type=int, default=128,
+                         help="training answers: budget; answers not finished within it are left out")  # fmt: skip
     command.add_argument("--batch-size", type=int, default=16)
     command.add_argument("--seed", type=int, default=0)
     command.set_defaults(run=cmd_build_qa)

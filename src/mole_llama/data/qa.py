@@ -12,6 +12,10 @@ import random
 import zlib
 from pathlib import Path
 
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
 TEMPLATES = [
     "What is {topic}?",
     "Describe {topic} in one sentence.",
@@ -85,12 +89,14 @@ def build_qa_dataset(
     num_train: int = 200,
     num_eval: int = 200,
     max_new_tokens: int = 24,
+    train_max_new_tokens: int = 128,
     batch_size: int = 16,
     seed: int = 0,
 ):
     """Answer the questions with the base model (greedy) and save a DatasetDict in `out_dir`:
 
-    - `train`: `messages` (user question, assistant = the base's answer), for `mole-llama train-text` and the router;
+    - `train`: `messages` (user question, assistant = the base's whole answer, up to `train_max_new_tokens`; cut
+      answers are left out), for `mole-llama train-text` and the router;
     - `eval`: `question`, `base_answer`, `max_new_tokens` (held out from every training step; models are compared
       with the base under the same answer budget);
     - `known`: `question`, `answer` (known answers, for accuracy).
@@ -106,7 +112,7 @@ def build_qa_dataset(
     out_dir = Path(out_dir)
     settings = {
         "base_model": str(base_model_dir), "num_train": num_train, "num_eval": num_eval,
-        "max_new_tokens": max_new_tokens, "seed": seed,
+        "max_new_tokens": max_new_tokens, "train_max_new_tokens": train_max_new_tokens, "seed": seed,
     }  # fmt: skip
     settings_file = out_dir / "qa_settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
@@ -114,21 +120,22 @@ def build_qa_dataset(
     train, evaluation = split_open_questions(num_train, num_eval, seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
-    answers = greedy_answers(model, tokenizer, train + evaluation, max_new_tokens, batch_size)
-    empty = [q for q, a in zip(train + evaluation, answers) if not a]
+    eval_answers = greedy_answers(model, tokenizer, evaluation, max_new_tokens, batch_size)
+    # Training targets must be whole answers: one cut at a budget, then closed by the chat template's end-of-turn,
+    # would teach the text expert to stop early. Unfinished ones are left out (and counted).
+    finished = greedy_answers(model, tokenizer, train, train_max_new_tokens, batch_size, return_finished=True)
+    empty = [q for q, a in zip(train + evaluation, [a for a, _ in finished] + eval_answers) if not a]
     if empty:
         raise RuntimeError(f"the base model gave {len(empty)} empty answers (e.g. to {empty[0]!r}): check the model")
-    train_answers, eval_answers = answers[: len(train)], answers[len(train) :]
+    kept = [(question, answer) for question, (answer, done) in zip(train, finished) if done]
+    logger.warning(f"{len(kept)} of {len(train)} training answers finished within {train_max_new_tokens} tokens")
+    if train and not kept:
+        raise RuntimeError(f"no training answer finished within {train_max_new_tokens} tokens: raise the budget")
     known = known_answer_questions(seed=seed)
     qa = DatasetDict(
         {
             "train": Dataset.from_dict(
-                {
-                    "messages": [
-                        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                        for q, a in zip(train, train_answers)
-                    ]
-                }
+                {"messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in kept]}
             ),
             "eval": Dataset.from_dict(
                 {

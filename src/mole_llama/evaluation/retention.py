@@ -75,9 +75,12 @@ def chat_prompts(tokenizer, questions) -> list:
     ]
 
 
-def greedy_answers(model, tokenizer, questions, max_new_tokens: int = 32, batch_size: int = 16, progress=True) -> list:
+def greedy_answers(
+    model, tokenizer, questions, max_new_tokens: int = 32, batch_size: int = 16, progress=True, return_finished=False
+) -> list:
     """Greedy text answers to `questions`, batched: the same answers as `greedy_chat_reply` one question at a time
-    (left padding, speech tokens never chosen), decoded without special tokens and stripped."""
+    (left padding, speech tokens never chosen), decoded without special tokens and stripped. With
+    `return_finished`, `(answer, finished)` pairs: `finished` is False when the answer was cut at `max_new_tokens`."""
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size} and {max_new_tokens}")
     prompts = chat_prompts(tokenizer, questions)
@@ -96,8 +99,19 @@ def greedy_answers(model, tokenizer, questions, max_new_tokens: int = 32, batch_
                 pad_token_id=pad_id,
             )
             replies = output[:, input_ids.shape[1] :]
-            answers.extend(text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True))
+            texts = [text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True)]
+            if return_finished:
+                ended = torch.isin(replies, torch.tensor(_end_ids(model, tokenizer), device=replies.device)).any(dim=1)
+                texts = list(zip(texts, ended.tolist()))
+            answers.extend(texts)
     return answers
+
+
+def _end_ids(model, tokenizer) -> list:
+    """The token ids that end an answer (the generation config's eos, else the tokenizer's)."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def teacher_forced_divergence(model, reference, tokenizer, questions, answers, batch_size: int = 16) -> dict:
