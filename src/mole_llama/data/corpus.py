@@ -8,7 +8,6 @@ voice and sentence, so a larger corpus reuses the clips of a smaller one.
 """
 
 import hashlib
-import io
 import json
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -116,9 +115,4 @@ def build_speech_corpus(
     return corpus
 
 
-def clip_seconds(audio_value) -> float:
-    """Duration of an undecoded Audio value (`{"bytes", "path"}`), read from the WAV header."""
-    return soundfile.info(io.BytesIO(audio_value["bytes"])).duration
-
-
-__all__ = ["build_speech_corpus", "clip_seconds", "split_sentences"]
+__all__ = ["build_speech_corpus", "split_sentences"]

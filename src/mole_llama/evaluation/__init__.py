@@ -1,1 +1,2 @@
-"""Evaluation (intelligibility, text retention, router accuracy) lands here (issue 5)."""
+"""Evaluation: intelligibility (pocketsphinx WER/CER), speech, text retention, router accuracy, `evaluate` and
+the report (`mole-llama evaluate`)."""
