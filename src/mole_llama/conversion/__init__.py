@@ -1,1 +1,2 @@
-"""Conversions: PEFT LoRA adapters <-> MoLE-Llama checkpoints, and GGUF -> safetensors."""
+"""Conversions: PEFT LoRA adapters <-> MoLE-Llama, merging an expert into the weights, GGUF -> safetensors, and
+Hub export/push."""

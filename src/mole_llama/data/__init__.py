@@ -1,1 +1,1 @@
-"""Embedded data: festival speech synthesis and plain English sentences from Debian's fortunes."""
+"""Embedded data: festival speech synthesis, fortune sentences, the speech corpus builder and offline QA data."""
