@@ -201,6 +201,7 @@ def test_evaluate_writes_metrics_and_the_report(workspace, capsys):
     if not (out / "mole").is_dir():
         pytest.skip("needs the models of test_every_stage_runs_from_the_command_line")
     run("build-corpus", "--out", workspace / "corpus", "--train", 2, "--test", 1, "--voices", "kal")
+    assert capsys.readouterr().out.strip() == str(workspace / "corpus")
     questions = ["What is 1 plus 1?", "Name a colour.", "What is the moon?", "Say hello."]
     qa = DatasetDict(
         {
