@@ -42,16 +42,14 @@ PROFILES = {
 }  # fmt: skip
 
 
-def run_step(title: str, command: str, *args, log: list, recipe: tuple = ()) -> float:
-    """Run one `mole-llama` subcommand in a child process, as a user would; returns its wall time. The recipe
+def run_step(title: str, command: str, *args, log: list, recipe: tuple = ()) -> None:
+    """Run one `mole-llama` subcommand in a child process, as a user would, and log its wall time. The recipe
     arguments (the same for every stage) are passed but not printed."""
     shown = " ".join(map(str, args)) + (" [recipe]" if recipe else "")
     print(f"\n=== {title}: mole-llama {command} {shown}", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mole_llama.cli", command, *map(str, recipe), *map(str, args)], check=True)
-    seconds = time.perf_counter() - started
-    log.append((title, seconds))
-    return seconds
+    log.append((title, time.perf_counter() - started))
 
 
 def run_demo(out_dir="demo_output", profile: str = "default", config: str = "embedded") -> Path:

@@ -27,14 +27,14 @@ def _model_files(model_dir: Path) -> list:
         relative = path.relative_to(model_dir)
         if not path.is_file() or any(part.startswith(("checkpoint-", ".")) for part in relative.parts):
             continue
-        if path.suffix in ALLOWED_SUFFIXES and path.name != "training_args.json":
+        if path.suffix in ALLOWED_SUFFIXES:
             files.append(relative)
     return files
 
 
 def _describe(config: dict) -> dict:
     """Who this model is, from its config: TTS-Llama (one expert, forced) or MoLE-Llama (learned routing)."""
-    experts = config.get("expert_names") or [expert.get("name") for expert in config.get("experts", [])]
+    experts = [expert["name"] for expert in config.get("experts", [])]
     routing = config.get("routing")
     is_tts = routing is not None
     return {

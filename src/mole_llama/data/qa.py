@@ -9,10 +9,11 @@ The split is by content (a hash of the question), so no training step ever sees 
 
 import json
 import random
-import zlib
 from pathlib import Path
 
 from transformers.utils import logging
+
+from .festival import is_held_out
 
 logger = logging.get_logger(__name__)
 
@@ -47,8 +48,8 @@ COUNTS = {
 
 
 def is_evaluation_question(question: str, percent: int = 50) -> bool:
-    """A fixed, content-based split: the same question is for evaluation in every run."""
-    return zlib.crc32(question.encode()) % 100 < percent
+    """A fixed, content-based split (the corpus's own): the same question is for evaluation in every run."""
+    return is_held_out(question, percent)
 
 
 def open_questions() -> list:

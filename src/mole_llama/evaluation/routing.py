@@ -61,6 +61,36 @@ def _completion_ids(tokenizer, example) -> tuple:
     return full_ids, len(prompt_ids)
 
 
+def completion_rows(tokenizer, examples) -> list:
+    """Prompt-completion examples (with a `task`) -> `(task, full_ids, prompt_length)` rows for
+    `routed_token_counts`: tokenized once, then measured as often as needed (the router training's probe)."""
+    return [(example["task"], *_completion_ids(tokenizer, example)) for example in examples]
+
+
+def routed_token_counts(model, rows, batch_size: int = 8) -> dict:
+    """Per task: `chosen` (completion tokens whose layer-averaged router weight is highest for each expert),
+    `weight_sums` (those weights summed per expert) and `tokens`, with the learned router in eval mode (the
+    model's routing and mode are restored after)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    num_experts = len(_check_mole(model))
+    counts = {}
+    with _learned_routing(model), torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            input_ids, attention_mask = _pad([ids for _, ids, _ in batch], 0, side="right")  # masked: any pad id
+            weights = _layer_mean_weights(model, input_ids, attention_mask.to(model.device)).cpu()
+            for row, (task, ids, prompt_length) in enumerate(batch):
+                completion = weights[row, prompt_length : len(ids)]  # (completion tokens, experts)
+                task_counts = counts.setdefault(
+                    task, {"chosen": torch.zeros(num_experts, dtype=torch.long), "weight_sums": 0, "tokens": 0}
+                )
+                task_counts["chosen"] += torch.bincount(completion.argmax(dim=-1), minlength=num_experts)
+                task_counts["weight_sums"] = task_counts["weight_sums"] + completion.sum(dim=0)
+                task_counts["tokens"] += completion.shape[0]
+    return counts
+
+
 def router_accuracy(model, tokenizer, examples, expert_for_task=None, batch_size: int = 8) -> dict:
     """Per task, the share of completion tokens whose layer-averaged router weight is highest for the task's
     expert (`expert_for_task`, default text -> "text", tts -> "speech"), with the learned router whatever routing
@@ -78,30 +108,19 @@ def router_accuracy(model, tokenizer, examples, expert_for_task=None, batch_size
     examples = list(examples)
     if not examples:
         raise ValueError("no examples: give at least one prompt-completion example")
-    rows = []  # (task, full_ids, prompt_length)
     for example in examples:
         task = example.get("task") if hasattr(example, "get") else None
         if task not in expert_for_task or task in RESERVED_KEYS:
             raise ValueError(f"task {task!r} has no expected expert: expert_for_task covers {sorted(expert_for_task)}")
-        rows.append((task, *_completion_ids(tokenizer, example)))
-
-    hits, sums, counts = {}, {}, {}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked, any id does
-    with _learned_routing(model), torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            input_ids, attention_mask = _pad([ids for _, ids, _ in batch], pad_id, side="right")
-            weights = _layer_mean_weights(model, input_ids, attention_mask.to(model.device)).cpu()
-            for row, (task, ids, prompt_length) in enumerate(batch):
-                completion = weights[row, prompt_length : len(ids)]  # (completion tokens, experts)
-                expected = names.index(expert_for_task[task])
-                hits[task] = hits.get(task, 0) + int((completion.argmax(dim=-1) == expected).sum())
-                sums[task] = sums.get(task, 0) + completion.sum(dim=0)
-                counts[task] = counts.get(task, 0) + completion.shape[0]
-    result = {task: hits[task] / counts[task] for task in counts}
-    result["tokens"] = dict(counts)
+    counts = routed_token_counts(model, completion_rows(tokenizer, examples), batch_size)
+    result = {
+        task: int(count["chosen"][names.index(expert_for_task[task])]) / count["tokens"]
+        for task, count in counts.items()
+    }
+    result["tokens"] = {task: count["tokens"] for task, count in counts.items()}
     result["mean_weights"] = {
-        task: {name: float(sums[task][index]) / counts[task] for index, name in enumerate(names)} for task in counts
+        task: {name: float(count["weight_sums"][index]) / count["tokens"] for index, name in enumerate(names)}
+        for task, count in counts.items()
     }
     return result
 
@@ -120,4 +139,10 @@ def expert_weight_trace(model, tokenizer, text: str) -> tuple:
     return [tokenizer.decode([token]) for token in ids], weights.cpu().numpy().astype(np.float32)
 
 
-__all__ = ["DEFAULT_EXPERT_FOR_TASK", "expert_weight_trace", "router_accuracy"]
+__all__ = [
+    "DEFAULT_EXPERT_FOR_TASK",
+    "completion_rows",
+    "expert_weight_trace",
+    "routed_token_counts",
+    "router_accuracy",
+]

@@ -118,24 +118,24 @@ def spoken_answers(
     from .retention import greedy_answers
 
     answers = greedy_answers(text_model, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
-    model, prompt = speaker, speaker.voice_prompt(reference)
+    prompt = speaker.voice_prompt(reference)
     rows = []
     for index, (question, answer) in enumerate(zip(tqdm(questions, desc="spoken answers"), answers)):
         if not answer:
             raise ValueError(f"the model gave an empty text answer to {question!r}: nothing to speak")
         torch.manual_seed(seed + index)
         try:
-            waveform = model.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=MAX_UNITS).numpy()
+            waveform = speaker.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=MAX_UNITS).numpy()
         except NoSpeechUnitsError:
-            waveform = _silence(model)
-        transcript = transcribe(waveform, model.sampling_rate)
+            waveform = _silence(speaker)
+        transcript = transcribe(waveform, speaker.sampling_rate)
         rows.append(
             {
                 "question": question,
                 "answer": answer,
                 "transcript": transcript,
                 "wer": error_rates([answer], [transcript])["wer"],
-                "path": _write(Path(out_dir) / f"answer-{index}.wav", waveform, model.sampling_rate),
+                "path": _write(Path(out_dir) / f"answer-{index}.wav", waveform, speaker.sampling_rate),
             }
         )
     return rows

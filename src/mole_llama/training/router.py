@@ -4,9 +4,9 @@ While it trains, the trainer logs the routing: for each task of a small fixed pr
 tokens that the routers (averaged over layers) send mainly to each expert, e.g. `routing/tts->speech: 0.97`.
 """
 
-import torch
 from trl import SFTConfig, SFTTrainer
 
+from ..evaluation.routing import completion_rows, routed_token_counts
 from ..modeling.modeling_mole_llama import MoLELlamaForCausalLM
 from .sft_data import TASK_COLUMN
 
@@ -14,35 +14,17 @@ PROBE_EXAMPLES_PER_TASK = 4
 
 
 def tokenize_probe(tokenizer, examples) -> list:
-    """Prompt-completion examples -> `(task, input_ids [1, n], answer_mask [n])`, the answer being the completion."""
-    probe = []
-    for example in examples:
-        prompt_ids = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=True)
-        full_ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
-        prompt_ids, full_ids = (ids["input_ids"] if hasattr(ids, "keys") else ids for ids in (prompt_ids, full_ids))
-        answer_mask = torch.zeros(len(full_ids), dtype=torch.bool)
-        answer_mask[len(prompt_ids) :] = True
-        probe.append((example[TASK_COLUMN], torch.tensor([full_ids]), answer_mask))
-    return probe
+    """Prompt-completion examples -> rows for `routing_shares` (tokenized once, measured at every log)."""
+    return completion_rows(tokenizer, examples)
 
 
-@torch.no_grad()
 def routing_shares(model: MoLELlamaForCausalLM, probe: list) -> dict:
     """`{"routing/<task>-><expert>": share}`: per task, the share of answer tokens whose layer-averaged router
     weight is highest for that expert."""
-    was_training = model.training
-    model.eval()
     names = model.config.expert_names
-    counts = {}  # task -> answer tokens sent mainly to each expert
-    for task, input_ids, answer_mask in probe:
-        outputs = model(input_ids=input_ids.to(model.device), output_expert_weights=True)
-        weights = torch.stack(outputs.expert_weights).mean(dim=0)[0]  # [tokens, experts]
-        chosen = weights[answer_mask.to(weights.device)].argmax(dim=-1)
-        counts[task] = counts.get(task, 0) + torch.bincount(chosen, minlength=len(names)).cpu()
-    model.train(was_training)
     return {
-        f"routing/{task}->{name}": float(count[index]) / max(int(count.sum()), 1)
-        for task, count in counts.items()
+        f"routing/{task}->{name}": float(count["chosen"][index]) / max(count["tokens"], 1)
+        for task, count in routed_token_counts(model, probe).items()
         for index, name in enumerate(names)
     }
 
