@@ -13,7 +13,7 @@ WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
-DEBIAN_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes"
+DEBIAN_PACKAGES="festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite fortunes"
 if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
   echo "[setup] Debian packages: $DEBIAN_PACKAGES ..."
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -1,8 +1,9 @@
-"""The embedded speech corpus: fortune sentences read by festival's three English voices, as a `datasets`
+"""The embedded speech corpus: fortune sentences read by festival's and flite's English voices, as a `datasets`
 DatasetDict (`train`, `test`) with an `Audio` column, ready for `mole-llama prepare`.
 
 Held-out sentences (`festival.is_held_out`, decided by content) go to `test` only, where every voice reads the same
-sentences so voices can be compared; `train` gives each voice different sentences, for more text variety.
+sentences so voices can be compared; `train` gives each voice different sentences, for more text variety. Held-out
+voices read the test sentences only, so zero-shot voice can be measured on a speaker no training stage heard.
 Synthesis runs in threads (each one drives a `text2wave` process) and every clip is cached as a WAV file named by
 voice and sentence, so a larger corpus reuses the clips of a smaller one.
 """
@@ -21,13 +22,16 @@ from .festival import VOICES, fortune_sentences, is_held_out, synthesize
 CORPUS_SETTINGS_FILE = "corpus_settings.json"
 
 
-def split_sentences(num_train: int, num_test: int, voices, seed: int = 0) -> dict:
+def split_sentences(num_train: int, num_test: int, voices, seed: int = 0, held_out_voices=()) -> dict:
     """`{"train": [(voice, text)], "test": [(voice, text)]}`: `num_train` distinct training sentences per voice
-    (no sentence read twice), and the same `num_test` held-out sentences in every voice."""
-    voices = list(voices)
-    unknown = [voice for voice in voices if voice not in VOICES]
+    (no sentence read twice), and the same `num_test` held-out sentences in every voice, `held_out_voices` included
+    (those read nothing in `train`)."""
+    voices, held_out_voices = list(voices), list(held_out_voices)
+    unknown = [voice for voice in voices + held_out_voices if voice not in VOICES]
     if unknown or not voices:
         raise ValueError(f"unknown voice(s) {unknown or voices}: choose from {sorted(VOICES)}")
+    if set(voices) & set(held_out_voices):
+        raise ValueError(f"voice(s) {sorted(set(voices) & set(held_out_voices))} are both trained and held out")
     if num_train < 0 or num_test < 0:
         raise ValueError(f"num_train={num_train}, num_test={num_test}: give counts >= 0")
     sentences = fortune_sentences()
@@ -41,7 +45,7 @@ def split_sentences(num_train: int, num_test: int, voices, seed: int = 0) -> dic
             f"{len(training)} training and {len(held_out)} held-out sentences: ask for fewer"
         )
     train = [(voice, training[i * len(voices) + v]) for i in range(num_train) for v, voice in enumerate(voices)]
-    test = [(voice, text) for text in held_out[:num_test] for voice in voices]
+    test = [(voice, text) for text in held_out[:num_test] for voice in voices + held_out_voices]
     return {"train": train, "test": test}
 
 
@@ -65,27 +69,30 @@ def build_speech_corpus(
     out_dir,
     num_train: int = 200,
     num_test: int = 10,
-    voices=tuple(VOICES),
+    voices=("kal", "ked", "slt"),
     num_workers: int = 2,
     cache_dir=None,
     seed: int = 0,
+    held_out_voices=(),
 ):
     """Synthesize (or load) the corpus and save it with `save_to_disk` in `out_dir`; returns the DatasetDict.
 
-    Columns: `audio` (Audio, the voice's own rate: 16 kHz for kal/ked, 32 kHz for slt), `text`, `voice`.
+    Columns: `audio` (Audio, the voice's own rate: 16 kHz for kal/ked/flite, 32 kHz for slt), `text`, `voice`.
     A folder already holding a corpus with the same settings is loaded instead of rebuilt.
     """
     from datasets import Audio, Dataset, DatasetDict, load_from_disk
 
     out_dir = Path(out_dir)
     settings = {"num_train": num_train, "num_test": num_test, "voices": list(voices), "seed": seed}
+    if held_out_voices:
+        settings["held_out_voices"] = list(held_out_voices)
     settings_file = out_dir / CORPUS_SETTINGS_FILE
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
         return load_from_disk(str(out_dir))
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers}: give at least 1")
     cache_dir = Path(cache_dir) if cache_dir else out_dir.parent / f"{out_dir.name}_clips"
-    splits = split_sentences(num_train, num_test, voices, seed)
+    splits = split_sentences(num_train, num_test, voices, seed, held_out_voices)
     jobs = [(voice, text) for rows in splits.values() for voice, text in rows]
     with ThreadPoolExecutor(num_workers) as pool:
         clips = list(

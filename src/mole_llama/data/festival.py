@@ -1,7 +1,8 @@
-"""Speech from Debian's festival voices and sentences from Debian's fortunes: the embedded corpus's raw material.
+"""Speech from Debian's festival and flite voices and sentences from Debian's fortunes: the embedded corpus's raw
+material.
 
-Needs the Debian packages festival, festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts and fortunes
-(`scripts/setup.sh` installs them).
+Needs the Debian packages festival, festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts, flite and fortunes
+(`scripts/setup.sh` installs them). flite synthesizes ~10x faster than festival's `text2wave`.
 """
 
 import re
@@ -13,31 +14,32 @@ from pathlib import Path
 
 import soundfile
 
-from .audio import resample  # noqa: F401  (kept importable from here for callers of the first version)
-
-VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+FESTIVAL_VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+FLITE_VOICES = {"flite_awb": "awb", "flite_rms": "rms", "flite_slt": "slt"}
+VOICES = {**FESTIVAL_VOICES, **FLITE_VOICES}
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 SENTENCE = re.compile(r"[A-Z][A-Za-z ,']*[a-z][.!?]")
 
 
 def synthesize(text: str, voice: str = "kal") -> tuple:
-    """`(waveform float32 in [-1, 1], sampling_rate)` of `text` spoken by festival voice `voice`."""
+    """`(waveform float32 in [-1, 1], sampling_rate)` of `text` spoken by voice `voice` (a key of `VOICES`)."""
     if voice not in VOICES:
         raise ValueError(f"unknown voice {voice!r}: choose one of {sorted(VOICES)}")
     if not text.strip():
         raise ValueError("text is empty: give at least one word")
-    if shutil.which("text2wave") is None:
-        raise RuntimeError(
-            "festival is not installed: apt-get install festival festvox-kallpc16k (see scripts/setup.sh)"
-        )
+    program = "flite" if voice in FLITE_VOICES else "text2wave"
+    if shutil.which(program) is None:
+        package = "flite" if voice in FLITE_VOICES else "festival festvox-kallpc16k"
+        raise RuntimeError(f"{program} is not installed: apt-get install {package} (see scripts/setup.sh)")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "speech.wav"
-        result = subprocess.run(
-            ["text2wave", "-eval", f"(voice_{VOICES[voice]})", "-o", str(out)],
-            input=text, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        if voice in FLITE_VOICES:
+            command, stdin = ["flite", "-voice", FLITE_VOICES[voice], "-t", text, "-o", str(out)], None
+        else:
+            command, stdin = ["text2wave", "-eval", f"(voice_{FESTIVAL_VOICES[voice]})", "-o", str(out)], text
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"text2wave failed for voice {voice}: {result.stderr.strip()[-300:]}")
+            raise RuntimeError(f"{program} failed for voice {voice}: {result.stderr.strip()[-300:]}")
         waveform, rate = soundfile.read(out, dtype="float32")
     return waveform, rate
 
