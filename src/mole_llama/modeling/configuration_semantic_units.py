@@ -1,4 +1,5 @@
-"""Semantic tokenizer configuration: speech features (log-mel or a self-supervised model's layer) + k-means units.
+"""Semantic tokenizer configuration: phones from a pretrained acoustic model, or speech features (log-mel, a
+self-supervised model's layer) + k-means units.
 
 Copied into saved model folders for `trust_remote_code=True`: imports only transformers and huggingface_hub.
 """
@@ -6,7 +7,9 @@ Copied into saved model folders for `trust_remote_code=True`: imports only trans
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-BACKENDS = ("logmel", "ssl")
+BACKENDS = ("phones", "logmel", "ssl")
+PHONE_SOURCES = ("alignment", "recognition")
+NUM_PHONE_UNITS = 40  # silence + the 39 CMUdict phones of pocketsphinx's en-us model (phone_units.PHONES)
 
 
 @strict
@@ -18,10 +21,17 @@ class SemanticUnitsConfig(PreTrainedConfig):
 
     Args:
         backend (`str`, *optional*, defaults to `"logmel"`):
-            `"logmel"`: log-mel frames, normalised per utterance (the embedded backend, no pretrained model needed).
+            `"phones"`: phones of pocketsphinx's pretrained, speaker-independent en-us acoustic model (the embedded
+            backend: nothing to fit; `num_units` is 40).
+            `"logmel"`: log-mel frames, normalised per utterance, + k-means (measured voice-specific).
             `"ssl"`: hidden states of a self-supervised speech model (HuBERT, WavLM; the paper-scale backend).
-        num_units (`int`, *optional*, defaults to 1024):
-            Number of k-means centroids, i.e. distinct units (the paper uses 4096).
+        phone_source (`str`, *optional*, defaults to `"alignment"`):
+            `"phones"` backend only. `"alignment"`: forced alignment to the transcript (`encode(waveform, text)`),
+            the dictionary's phones with the speaker's pauses and durations. `"recognition"`: phone recognition
+            from the audio alone (allphone search), no transcript needed, noisier.
+        num_units (`int`, *optional*):
+            Number of distinct units: k-means centroids for `"logmel"`/`"ssl"` (default 1024; the paper uses 4096),
+            always 40 for `"phones"`.
         sampling_rate (`int`, *optional*, defaults to 16000):
             Rate the waveform must have.
         unit_rate (`int`, *optional*, defaults to 50):
@@ -42,7 +52,8 @@ class SemanticUnitsConfig(PreTrainedConfig):
     model_type = "semantic_units"
 
     backend: str = "logmel"
-    num_units: int = 1024
+    phone_source: str = "alignment"
+    num_units: int | None = None
     sampling_rate: int = 16000
     unit_rate: int = 50
     n_mels: int = 80
@@ -54,6 +65,16 @@ class SemanticUnitsConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}")
+        if self.backend == "phones":
+            if self.phone_source not in PHONE_SOURCES:
+                raise ValueError(f"phone_source={self.phone_source!r}: choose one of {PHONE_SOURCES}")
+            if self.sampling_rate != 16000:
+                raise ValueError(f"sampling_rate={self.sampling_rate}: the 'phones' backend hears 16000 Hz audio")
+            if self.num_units not in (None, NUM_PHONE_UNITS):
+                raise ValueError(f"num_units={self.num_units}: the 'phones' backend has {NUM_PHONE_UNITS} units")
+            self.num_units = NUM_PHONE_UNITS
+        elif self.num_units is None:
+            self.num_units = 1024
         if self.num_units < 2:
             raise ValueError(f"num_units={self.num_units}: use at least 2 units (the paper uses 4096)")
         if self.unit_rate <= 0 or self.sampling_rate % self.unit_rate:
@@ -68,13 +89,20 @@ class SemanticUnitsConfig(PreTrainedConfig):
                     f"ssl_layer={self.ssl_layer} is not a hidden state of the {self.ssl_config['model_type']}"
                 )
             self.feature_size = self.ssl_config["hidden_size"]
+        elif self.backend == "phones":
+            self.feature_size = None
         else:
             self.feature_size = self.n_mels
         super().__post_init__(**kwargs)
+
+    @property
+    def needs_transcript(self) -> bool:
+        """Whether `encode` needs the text of the audio (phones by forced alignment)."""
+        return self.backend == "phones" and self.phone_source == "alignment"
 
     @property
     def hop_length(self) -> int:
         return self.sampling_rate // self.unit_rate
 
 
-__all__ = ["SemanticUnitsConfig"]
+__all__ = ["NUM_PHONE_UNITS", "SemanticUnitsConfig"]

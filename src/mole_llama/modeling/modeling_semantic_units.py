@@ -1,24 +1,28 @@
-"""Semantic tokenizer: speech -> discrete units (nearest k-means centroid of each frame's features).
+"""Semantic tokenizer: speech -> discrete units, one per frame.
 
-The units are what TTS-Llama learns to emit. Features come from log-mel frames normalised per utterance (embedded)
-or from a hidden layer of a self-supervised model such as HuBERT (paper scale); the centroids are fitted by
-`mole_llama.training.semantic_tokenizer.fit_semantic_tokenizer`.
+The units are what TTS-Llama learns to emit. Embedded: the phones of pocketsphinx's pretrained en-us acoustic
+model (`phone_units`), by forced alignment to the transcript or by phone recognition. With k-means: the nearest
+centroid of log-mel frames normalised per utterance, or of a hidden layer of a self-supervised model such as
+HuBERT (paper scale); the centroids are fitted by `mole_llama.training.semantic_tokenizer.fit_semantic_tokenizer`.
 
 Self-contained (torch, transformers and sibling files), so saved folders carry it for `trust_remote_code=True`.
 """
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .audio_features import LogMelSpectrogram
 from .configuration_semantic_units import SemanticUnitsConfig
+from .phone_units import PHONES, PocketsphinxPhones, segments_to_units
 
 MIN_SECONDS = 0.1
 
 
 class SemanticUnitsModel(PreTrainedModel):
-    """`encode(waveform) -> units (batch, frames)`; `features(waveform)` gives the clustered features."""
+    """`encode(waveform[, text]) -> units (batch, frames)`; `features(waveform)` gives the clustered features
+    (k-means backends)."""
 
     config_class = SemanticUnitsConfig
     config: SemanticUnitsConfig
@@ -26,11 +30,13 @@ class SemanticUnitsModel(PreTrainedModel):
 
     def __init__(self, config: SemanticUnitsConfig):
         super().__init__(config)
+        self._phones = None  # the pocketsphinx decoders, made on first use
         if config.backend == "logmel":
             self.log_mel = LogMelSpectrogram(config.sampling_rate, config.n_fft, config.hop_length, config.n_mels)
-        else:
+        elif config.backend == "ssl":
             self.ssl_model = AutoModel.from_config(AutoConfig.for_model(**config.ssl_config))
-        self.centroids = nn.Parameter(torch.zeros(config.num_units, config.feature_size), requires_grad=False)
+        feature_size = config.feature_size or 1  # phones: a placeholder, so the folder has weights like any model
+        self.centroids = nn.Parameter(torch.zeros(config.num_units, feature_size), requires_grad=False)
         self.post_init()
 
     def _init_weights(self, module):
@@ -54,6 +60,12 @@ class SemanticUnitsModel(PreTrainedModel):
         tokenizer.ssl_model.load_state_dict(ssl_model.state_dict())
         return tokenizer
 
+    @property
+    def unit_names(self) -> tuple | None:
+        """What each unit is, where that is known: the phone names of the `"phones"` backend (k-means units have
+        no names)."""
+        return PHONES if self.config.backend == "phones" else None
+
     def _check_waveform(self, waveform) -> torch.Tensor:
         waveform = torch.as_tensor(waveform, dtype=torch.float32, device=self.centroids.device)
         if waveform.dim() == 1:
@@ -73,6 +85,8 @@ class SemanticUnitsModel(PreTrainedModel):
     def features(self, waveform) -> torch.Tensor:
         """`(batch, samples)` at `config.sampling_rate` -> `(batch, frames, feature_size)`."""
         waveform = self._check_waveform(waveform)
+        if self.config.backend == "phones":
+            raise ValueError("the 'phones' backend has no features to cluster: encode(waveform, text) gives its units")
         if self.config.backend == "logmel":
             frames = self.log_mel(waveform).transpose(1, 2)
             mean, std = frames.mean(dim=1, keepdim=True), frames.std(dim=1, keepdim=True)
@@ -89,17 +103,37 @@ class SemanticUnitsModel(PreTrainedModel):
         return distances.argmin(dim=-1)
 
     @torch.no_grad()
-    def encode(self, waveform) -> torch.LongTensor:
+    def encode(self, waveform, text=None) -> torch.LongTensor:
         """Units of a waveform: `(batch, frames)`, `config.unit_rate` per second. Encode utterances of different
-        lengths one by one: the log-mel backend normalises over the whole row."""
+        lengths one by one: the log-mel backend normalises over the whole row. `text` (a string, or one per row)
+        is the transcript the `"phones"` backend aligns to (`config.needs_transcript`)."""
+        if self.config.backend == "phones":
+            return self._encode_phones(self._check_waveform(waveform), text)
         if not self.centroids.any():
             raise ValueError(
                 "the centroids are not fitted: run fit_semantic_tokenizer (mole-llama fit-semantic-tokenizer)"
             )
         return self.assign(self.features(waveform))
 
-    def forward(self, input_values: torch.Tensor) -> torch.LongTensor:
-        return self.encode(input_values)
+    def _encode_phones(self, waveform: torch.Tensor, text) -> torch.LongTensor:
+        texts = [text] * len(waveform) if text is None or isinstance(text, str) else list(text)
+        if self.config.needs_transcript and any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("phones by forced alignment need the transcript: encode(waveform, text)")
+        if len(texts) != len(waveform):
+            raise ValueError(f"{len(texts)} transcripts for {len(waveform)} waveforms: give one per row")
+        if self._phones is None:
+            self._phones = PocketsphinxPhones()
+        rows = []
+        for row, transcript in zip(waveform.cpu().numpy(), texts):
+            if self.config.needs_transcript:
+                segments = self._phones.align(row, transcript)
+            else:
+                segments = self._phones.recognize(row)
+            rows.append(segments_to_units(segments, len(row), self.config.unit_rate))
+        return torch.as_tensor(np.stack(rows), device=self.centroids.device)
+
+    def forward(self, input_values: torch.Tensor, text=None) -> torch.LongTensor:
+        return self.encode(input_values, text)
 
 
 SemanticUnitsConfig.register_for_auto_class()

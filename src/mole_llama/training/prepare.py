@@ -17,6 +17,7 @@ from transformers.utils import logging
 
 from ..data.audio import decode_audio, resample, without_audio_decoding
 from ..modeling.modeling_semantic_units import MIN_SECONDS
+from ..modeling.phone_units import TranscriptAlignmentError
 
 logger = logging.get_logger(__name__)
 
@@ -106,10 +107,15 @@ class _Preparer:
         if reason:
             return {**row, SKIP_COLUMN: reason}
         semantic_tokenizer, codec = self.models
+        transcript = text if semantic_tokenizer.config.needs_transcript else None
+        units_rate = semantic_tokenizer.config.sampling_rate
         try:
             with torch.no_grad():
-                units = encode(semantic_tokenizer, waveform, rate, semantic_tokenizer.config.sampling_rate)[0]
+                units = encode(semantic_tokenizer, waveform, rate, units_rate, transcript)[0]
                 codes = encode(codec, waveform, rate, codec.sampling_rate)[0]
+        except TranscriptAlignmentError as error:
+            logger.debug(f"a row could not be aligned to its text: {error}")
+            return {**row, SKIP_COLUMN: "unaligned text"}
         except ValueError as error:
             logger.debug(f"a row could not be encoded: {error}")
             return {**row, SKIP_COLUMN: "unencodable audio"}
@@ -128,11 +134,13 @@ class _Preparer:
             logger.warning(f"so far {self.report.summary()}")
 
 
-def encode(model, waveform, rate, target_rate) -> torch.Tensor:
-    """One utterance at a time (no padding effects), resampled to the model's rate and moved to its device."""
+def encode(model, waveform, rate, target_rate, text=None) -> torch.Tensor:
+    """One utterance at a time (no padding effects), resampled to the model's rate and moved to its device; `text`
+    goes to a tokenizer that aligns to the transcript."""
     parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = parameter.device if parameter is not None else "cpu"
-    return model.encode(torch.from_numpy(resample(waveform, rate, target_rate))[None].to(device)).cpu()
+    waveform = torch.from_numpy(resample(waveform, rate, target_rate))[None].to(device)
+    return (model.encode(waveform) if text is None else model.encode(waveform, text)).cpu()
 
 
 def model_fingerprint(model) -> str:
