@@ -15,9 +15,11 @@ from .modeling import (
     MoLELlamaPreTrainedModel,
 )
 from .modeling.configuration_acoustic_lm import AcousticLMConfig
+from .modeling.configuration_duration_predictor import DurationPredictorConfig
 from .modeling.configuration_mel_codec import MelCodecConfig
 from .modeling.configuration_semantic_units import SemanticUnitsConfig
 from .modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from .modeling.modeling_duration_predictor import DurationPredictorModel
 from .modeling.modeling_mel_codec import MelCodecModel
 from .modeling.modeling_semantic_units import SemanticUnitsModel
 from .modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 for config_class, model_class in (
     (MoLELlamaConfig, MoLELlamaModel),
     (AcousticLMConfig, AcousticLMForConditionalGeneration),
+    (DurationPredictorConfig, DurationPredictorModel),
     (MelCodecConfig, MelCodecModel),
     (SemanticUnitsConfig, SemanticUnitsModel),
 ):
@@ -40,6 +43,8 @@ __all__ = [
     "NO_EXPERT",
     "AcousticLMConfig",
     "AcousticLMForConditionalGeneration",
+    "DurationPredictorConfig",
+    "DurationPredictorModel",
     "MelCodecConfig",
     "MelCodecModel",
     "MoLECausalLMOutputWithPast",

@@ -87,7 +87,9 @@ def cmd_ask(args) -> None:
 def cmd_build_corpus(args) -> None:
     from .data.corpus import build_speech_corpus
 
-    corpus = build_speech_corpus(args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed)
+    corpus = build_speech_corpus(
+        args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed, args.held_out_voices
+    )
     print(", ".join(f"{name}: {len(split)} clips" for name, split in corpus.items()), file=sys.stderr)
     print(Path(args.out))
 
@@ -139,16 +141,6 @@ def cmd_merge_expert(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ training stages
 
-STAGE_FOLDERS = {
-    "semantic_tokenizer": "semantic_tokenizer",
-    "codec": "codec",
-    "prepared": "prepared",
-    "acoustic_lm": "acoustic_lm",
-    "tts": "tts",
-    "text_expert": "text_expert",
-    "mole": "mole",
-}
-
 
 def _recipe(args) -> dict:
     from .training.recipes import load_recipe
@@ -160,7 +152,7 @@ def _folder(recipe: dict, given, stage: str) -> Path:
     """A stage's folder: the one given, or where that stage writes by default under the recipe's output_dir."""
     from .training.recipes import stage_output
 
-    return stage_output(recipe, STAGE_FOLDERS[stage], given)
+    return stage_output(recipe, stage, given)
 
 
 def _dataset(args, recipe: dict, stage: str | None = None):
@@ -222,14 +214,31 @@ def _optional_folder(recipe: dict, given, stage: str):
     return folder if folder.is_dir() else None
 
 
+def cmd_train_duration(args) -> None:
+    from .training.stages import train_duration_stage
+
+    recipe = _recipe(args)
+    print(
+        train_duration_stage(
+            recipe,
+            _dataset(args, recipe, "prepared"),
+            _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+            _folder(recipe, args.out, "duration_predictor"),
+            resume=args.resume,
+        )  # fmt: skip
+    )
+
+
 def cmd_train_tts(args) -> None:
-    from .training.stages import train_tts_stage
+    from .training.stages import load_any_dataset, train_tts_stage
 
     recipe = _recipe(args)
     written = train_tts_stage(
         recipe, _dataset(args, recipe, "prepared"), _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
         _folder(recipe, args.out, "tts"), acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
         codec_dir=_optional_folder(recipe, args.codec, "codec"), resume=args.resume,
+        duration_predictor_dir=_optional_folder(recipe, args.duration_predictor, "duration_predictor"),
+        eval_prepared=load_any_dataset(args.eval_dataset) if args.eval_dataset else None,
     )  # fmt: skip
     if "model" not in written:
         print("note: no acoustic LM / codec found, so only the adapter was written", file=sys.stderr)
@@ -261,6 +270,7 @@ def cmd_train_router(args) -> None:
             semantic_tokenizer_dir=_optional_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
             acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
             codec_dir=_optional_folder(recipe, args.codec, "codec"),
+            duration_predictor_dir=_optional_folder(recipe, args.duration_predictor, "duration_predictor"),
             messages_column=args.messages_column,
             resume=args.resume,
         )
@@ -325,10 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--codec", help="folder of train-codec")
     command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    command = stage("train-duration", "train the duration predictor on a prepared dataset", cmd_train_duration)
+    command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     command = stage("train-tts", "train the speech expert (TTS-Llama) on a prepared dataset", cmd_train_tts)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--acoustic-lm", help="folder of train-acoustic-lm (to bundle a speaking model)")
     command.add_argument("--codec", help="folder of train-codec (to bundle a speaking model)")
+    command.add_argument("--duration-predictor", help="folder of train-duration (to bundle a speaking model)")
+    command.add_argument("--eval-dataset", help="held-out prepared rows: log the greedy unit error rate as it trains")
     command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     command = stage("train-text", "train the text expert on a chat (messages) dataset", cmd_train_text)
     command.add_argument("--messages-column", default="messages")
@@ -342,14 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--semantic-tokenizer", help="to bundle a speaking model")
     command.add_argument("--acoustic-lm", help="to bundle a speaking model")
     command.add_argument("--codec", help="to bundle a speaking model")
+    command.add_argument("--duration-predictor", help="to bundle a speaking model")
     command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
-    command = commands.add_parser("build-corpus", help="synthesize the embedded speech corpus with festival")
+    command = commands.add_parser("build-corpus", help="synthesize the embedded speech corpus (festival, flite)")
     command.add_argument("--out", required=True, help="output folder (a datasets DatasetDict: train, test)")
     command.add_argument("--train", type=int, default=200, help="training sentences per voice")
     command.add_argument("--test", type=int, default=10, help="held-out sentences (read in every voice)")
-    command.add_argument("--voices", nargs="+", default=["kal", "ked", "slt"])
-    command.add_argument("--workers", type=int, default=2, help="parallel festival processes")
+    command.add_argument("--voices", nargs="+", default=["kal", "ked", "slt"], help="voices of both splits")
+    command.add_argument(
+        "--held-out-voices", nargs="*", default=[], help="voices that read the test sentences only (zero-shot voice)"
+    )
+    command.add_argument("--workers", type=int, default=2, help="parallel synthesis processes")
     command.add_argument("--cache-dir", help="where synthesized clips are kept (default: beside --out)")
     command.add_argument("--seed", type=int, default=0)
     command.set_defaults(run=cmd_build_corpus)

@@ -2,7 +2,7 @@
 
     folder/
       config.json, model.safetensors, tokenizer files, generation_config.json, *.py (remote code)
-      acoustic_lm/   codec/   semantic_tokenizer/
+      acoustic_lm/   codec/   semantic_tokenizer/   duration_predictor/ (when the LLM speaks collapsed units)
 
 It loads with `pipeline("text-to-speech", model=folder)` and `AutoModelForCausalLM.from_pretrained(folder)`.
 """
@@ -24,8 +24,10 @@ def save_tts_model(
     num_speech_units: int,
     semantic_tokenizer=None,
     max_new_tokens: int = 512,
+    duration_predictor=None,
 ) -> Path:
-    """Write `llm` (a MoLE-Llama; a TTS-Llama is one with routing "speech") with its speech parts to `out_dir`."""
+    """Write `llm` (a MoLE-Llama; a TTS-Llama is one with routing "speech") with its speech parts to `out_dir`.
+    With `duration_predictor`, the LLM speaks run-length-collapsed units and the predictor times them."""
     speech = SpeechTokenIds.from_tokenizer(tokenizer, num_speech_units)
     if llm.config.vocab_size < len(tokenizer):
         raise ValueError(
@@ -42,7 +44,14 @@ def save_tts_model(
     model.load_state_dict(llm.state_dict())
     model.generation_config = copy.deepcopy(llm.generation_config)
     model.generation_config.max_new_tokens = max_new_tokens
+    if duration_predictor is not None and duration_predictor.config.num_units != num_speech_units:
+        raise ValueError(
+            f"the duration predictor times {duration_predictor.config.num_units} units, "
+            f"the LLM speaks {num_speech_units}"
+        )
     model.speech_parts = {"tokenizer": tokenizer, "acoustic_lm": acoustic_lm, "codec": codec}
+    if duration_predictor is not None:
+        model.speech_parts["duration_predictor"] = duration_predictor
     model.speech_ids = speech
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from ..chat import speech_token_ids
+from ..chat import pad_token_ids, speech_token_ids
 
 
 def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list:
@@ -26,19 +26,6 @@ def _pad_id(tokenizer) -> int:
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
     return pad_id
-
-
-def _pad(sequences: list, pad_id: int, side: str) -> tuple:
-    """Pad token id lists to one `(batch, longest)` tensor, on the left (generation) or right (teacher forcing);
-    done here so the caller's tokenizer is never changed."""
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        span = slice(longest - len(ids), longest) if side == "left" else slice(0, len(ids))
-        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, span] = 1
-    return input_ids, attention_mask
 
 
 @contextmanager
@@ -89,7 +76,7 @@ def greedy_answers(
     batches = range(0, len(prompts), batch_size)
     with _evaluating(model), torch.no_grad():
         for start in tqdm(batches, desc="greedy answers", disable=not progress):
-            input_ids, attention_mask = _pad(prompts[start : start + batch_size], pad_id, side="left")
+            input_ids, attention_mask = pad_token_ids(prompts[start : start + batch_size], pad_id, side="left")
             output = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
@@ -140,7 +127,9 @@ def teacher_forced_divergence(model, reference, tokenizer, questions, answers, b
     with _evaluating(model, reference), torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             pairs = list(zip(prompts[start : start + batch_size], answer_ids[start : start + batch_size]))
-            input_ids, attention_mask = _pad([prompt + answer for prompt, answer in pairs], pad_id, side="right")
+            input_ids, attention_mask = pad_token_ids(
+                [prompt + answer for prompt, answer in pairs], pad_id, side="right"
+            )
             # The logit at position t predicts token t + 1: score the positions just before each answer token.
             scored = torch.zeros_like(input_ids, dtype=torch.bool)
             for row, (prompt, answer) in enumerate(pairs):

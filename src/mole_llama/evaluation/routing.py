@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .retention import _chat_ids, _pad
+from ..chat import pad_token_ids
+from .retention import _chat_ids
 
 DEFAULT_EXPERT_FOR_TASK = {"text": "text", "tts": "speech"}
 RESERVED_KEYS = ("tokens", "mean_weights")
@@ -78,7 +79,9 @@ def routed_token_counts(model, rows, batch_size: int = 8) -> dict:
     with _learned_routing(model), torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            input_ids, attention_mask = _pad([ids for _, ids, _ in batch], 0, side="right")  # masked: any pad id
+            input_ids, attention_mask = pad_token_ids(
+                [ids for _, ids, _ in batch], 0, side="right"
+            )  # masked: any pad id
             weights = _layer_mean_weights(model, input_ids, attention_mask.to(model.device)).cpu()
             for row, (task, ids, prompt_length) in enumerate(batch):
                 completion = weights[row, prompt_length : len(ids)]  # (completion tokens, experts)

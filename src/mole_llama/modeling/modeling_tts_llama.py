@@ -1,9 +1,10 @@
 """TTS-Llama / MoLE-Llama that speaks: text -> semantic units (the LLM) -> acoustic codes (acoustic LM) -> waveform.
 
 `MoLELlamaForTextToWaveform` is the LLM itself (same weights and keys as `MoLELlamaForCausalLM`); its speech parts
-live in subfolders of the saved model (`acoustic_lm/`, `codec/`) and are loaded beside it, outside its module
-tree. Registered under `AutoModelForTextToWaveform`, it is what transformers' stock "text-to-speech" pipeline loads:
-the pipeline calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
+live in subfolders of the saved model (`acoustic_lm/`, `codec/`, and `duration_predictor/` when the LLM speaks
+run-length-collapsed units) and are loaded beside it, outside its module tree. Registered under
+`AutoModelForTextToWaveform`, it is what transformers' stock "text-to-speech" pipeline loads: the pipeline
+calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
 
 Self-contained (torch, transformers, huggingface_hub and sibling files) for `trust_remote_code=True`.
 """
@@ -17,8 +18,9 @@ from transformers import AutoTokenizer, LogitsProcessorList
 
 from .acoustic_codec import load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import MoLELlamaForCausalLM
-from .speech_units import TTS_INSTRUCTION, SpeechTokenIds, SpeechUnitsLogitsProcessor, tts_prompt_ids
+from .speech_units import TTS_INSTRUCTION, SpeechTokenIds, SpeechUnitsLogitsProcessor, expand_units, tts_prompt_ids
 
 TEXT_TO_WAVEFORM_AUTO_MAP = {"AutoModelForTextToWaveform": "modeling_tts_llama.MoLELlamaForTextToWaveform"}
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
@@ -83,6 +85,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             "acoustic_lm": AcousticLMForConditionalGeneration.from_pretrained(folder / "acoustic_lm").eval(),
             "codec": load_acoustic_codec(folder / "codec"),
         }
+        if (folder / "duration_predictor" / "config.json").is_file():
+            predictor = DurationPredictorModel.from_pretrained(folder / "duration_predictor").eval()
+            self.speech_parts["duration_predictor"] = predictor
         self.speech_ids = SpeechTokenIds.from_tokenizer(self.speech_parts["tokenizer"], self.config.num_speech_units)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -93,6 +98,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             self.speech_parts["tokenizer"].save_pretrained(save_directory)
             self.speech_parts["acoustic_lm"].save_pretrained(Path(save_directory) / "acoustic_lm")
             self.speech_parts["codec"].save_pretrained(Path(save_directory) / "codec")
+            if "duration_predictor" in self.speech_parts:
+                self.speech_parts["duration_predictor"].save_pretrained(Path(save_directory) / "duration_predictor")
 
     @property
     def sampling_rate(self) -> int:
@@ -172,9 +179,21 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             raise NoSpeechUnitsError(f"the model produced no speech units for {text!r}")
         return units
 
+    def units_to_frames(self, units, **kwargs) -> list:
+        """Frame-level units for the acoustic LM: with a duration predictor, each spoken (collapsed) unit repeated
+        for its predicted frames (`duration_temperature`, default 0 = median durations; `speed`, default 1.0)."""
+        predictor = self.speech_parts.get("duration_predictor")
+        if predictor is None:
+            return list(units)
+        durations = predictor.predict(
+            units, temperature=kwargs.get("duration_temperature", 0.0), speed=kwargs.get("speed", 1.0)
+        )
+        return expand_units(units, durations)
+
     def units_to_waveform(self, units, prompt_codes=None, **kwargs) -> torch.Tensor:
-        """Semantic units -> acoustic codes (acoustic LM, in the voice of `prompt_codes`) -> waveform. Sampling
-        defaults (temperature 0.4, top-k 10) are the settings measured best in benchmarks/."""
+        """Semantic units -> frames (durations) -> acoustic codes (acoustic LM, in the voice of `prompt_codes`) ->
+        waveform. Sampling defaults (temperature 0.4, top-k 10) are the settings measured best in benchmarks/."""
+        units = self.units_to_frames(units, **kwargs)
         codes = self.speech_parts["acoustic_lm"].generate(
             torch.tensor([list(units)]),
             prompt_codes=None if prompt_codes is None else prompt_codes[None],

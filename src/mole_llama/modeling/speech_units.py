@@ -16,6 +16,8 @@ SPEECH_TOKEN_PREFIX = "<|speech_"
 SPEECH_START = SPEECH_TOKEN_PREFIX + "start|>"
 SPEECH_END = SPEECH_TOKEN_PREFIX + "end|>"
 TTS_INSTRUCTION = "Read the following text aloud."
+TTS_SYSTEM = "You speak."
+"""A system turn of its own: without one, SmolLM2's chat template adds its ~20-token default to every TTS example."""
 
 
 def unit_token(index: int) -> str:
@@ -68,6 +70,29 @@ class SpeechTokenIds:
         return units
 
 
+def deduplicate_units(units) -> tuple:
+    """Run-length collapse: `[5, 5, 5, 2, 2, 5]` -> `([5, 2, 5], [3, 2, 1])`. The LLM speaks the collapsed units
+    (GSLM's and SpeechGPT's choice: ~3x shorter for phones); the durations train the duration predictor."""
+    collapsed, durations = [], []
+    for unit in (int(unit) for unit in units):
+        if collapsed and collapsed[-1] == unit:
+            durations[-1] += 1
+        else:
+            collapsed.append(unit)
+            durations.append(1)
+    return collapsed, durations
+
+
+def expand_units(units, durations) -> list:
+    """The inverse of `deduplicate_units`: each unit repeated for its duration (in frames, at least 1)."""
+    units, durations = list(units), [int(duration) for duration in durations]
+    if len(units) != len(durations):
+        raise ValueError(f"{len(units)} units but {len(durations)} durations: give one duration per unit")
+    if any(duration < 1 for duration in durations):
+        raise ValueError(f"durations must be >= 1 frame, got {min(durations)}")
+    return [int(unit) for unit, duration in zip(units, durations) for _ in range(duration)]
+
+
 def add_speech_tokens(tokenizer, num_units: int) -> SpeechTokenIds:
     """Add the start/end markers and `num_units` unit tokens to `tokenizer` (as special tokens, so text decoding
     with `skip_special_tokens=True` drops them). Adding again is a no-op. Resize the model's embeddings after."""
@@ -87,12 +112,13 @@ def add_speech_tokens(tokenizer, num_units: int) -> SpeechTokenIds:
 
 
 def tts_messages(text: str, instruction: str = TTS_INSTRUCTION) -> list:
-    """The chat turn that asks for speech (the assistant answers with a speech segment)."""
+    """The chat turns that ask for speech: a short system turn and the user's request (the assistant answers with
+    a speech segment)."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty: give at least one word")
-    return [{"role": "user", "content": f"{instruction}\n{text.strip()}"}]
+    return [{"role": "system", "content": TTS_SYSTEM}, {"role": "user", "content": f"{instruction}\n{text.strip()}"}]
 
 
 def tts_prompt_ids(tokenizer, text: str, speech: SpeechTokenIds, instruction: str = TTS_INSTRUCTION) -> list:

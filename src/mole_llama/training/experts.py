@@ -44,6 +44,19 @@ class ExpertLoraSettings:
         )
 
 
+def speech_vocabulary_loss(logits: torch.Tensor, labels: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the speech vocabulary only (`vocabulary`: the unit ids and the end marker),
+    at the positions whose label is in it: what constrained decoding chooses from at inference. `logits` (batch,
+    positions, vocab) predict `labels` (batch, positions), already shifted."""
+    lookup = torch.full((logits.shape[-1],), -100, dtype=torch.long, device=labels.device)
+    lookup[vocabulary] = torch.arange(len(vocabulary), device=labels.device)
+    targets = torch.where(labels >= 0, lookup[labels.clamp(min=0)], -100)
+    if not (targets >= 0).any():
+        raise ValueError("no speech-unit targets in the batch: the speech-vocabulary loss needs TTS examples")
+    restricted = logits[..., vocabulary].float()
+    return torch.nn.functional.cross_entropy(restricted.flatten(0, -2), targets.flatten(), ignore_index=-100)
+
+
 class TokenRowsSFTTrainer(SFTTrainer):
     """`SFTTrainer` whose loss comes from the model's own forward.
 
@@ -51,19 +64,45 @@ class TokenRowsSFTTrainer(SFTTrainer):
     rows are a delta held beside that weight, so the new unit tokens would never be scored as outputs (and never
     learnt). The model's own forward applies the delta; the loss is the same next-token cross-entropy over the
     completion, averaged over the batch's target tokens.
+
+    With `speech_vocabulary` (token ids: the units and the end marker) the loss is `speech_vocabulary_loss` instead:
+    a softmax over those tokens only, at the unit and end-marker targets, and the LM head runs only at those
+    positions. The model then does not spend its first steps learning to suppress ~49k text tokens that
+    constrained decoding never lets it choose (the full loss starts above ln(vocab)). Completion tokens outside that
+    vocabulary (the start marker, which the TTS prompt supplies, and the end of turn after the end marker) are not
+    trained.
     """
+
+    def __init__(self, *args, speech_vocabulary=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.speech_vocabulary = None if speech_vocabulary is None else torch.as_tensor(speech_vocabulary)
+        if self.speech_vocabulary is not None:
+            self.loss_is_scaled_for_ga = False  # a batch mean: the Trainer divides it over accumulation steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if self.speech_vocabulary is None:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")[:, 1:]
+        inputs.pop("completion_mask", None)
+        vocabulary = self.speech_vocabulary.to(labels.device)
+        targeted = torch.isin(labels, vocabulary)
+        positions = targeted.any(dim=0).nonzero().squeeze(-1)  # where any row of the batch has a speech target
+        outputs = model(**inputs, logits_to_keep=positions)
+        loss = speech_vocabulary_loss(outputs.logits, torch.where(targeted, labels, -100)[:, positions], vocabulary)
+        return (loss, outputs) if return_outputs else loss
 
 
-def load_base_for_expert(base_model, num_speech_units: int | None = None, dtype=torch.float32, seed: int = 0):
+def load_base_for_expert(
+    base_model, num_speech_units: int | None = None, dtype=torch.float32, seed: int = 0, unit_names=None
+):
     """The base model and tokenizer, with the speech tokens added (and the embeddings resized) when
     `num_speech_units` is given. Returns `(model, tokenizer, new_token_rows)`.
 
     The new rows are drawn around the mean of the existing ones (transformers' `mean_resizing`) from `seed`, so that
-    a resumed run starts from the same rows as the run it continues."""
+    a resumed run starts from the same rows as the run it continues. With `unit_names` (e.g. the phones "AH", "K")
+    each unit's row starts instead as the mean embedding of the text tokens spelling its name, so the model starts
+    with a hint of what each unit sounds like."""
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     if model.config.model_type != "llama":
@@ -79,9 +118,21 @@ def load_base_for_expert(base_model, num_speech_units: int | None = None, dtype=
                 torch.manual_seed(seed)
                 model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         new_rows = [speech.start, speech.end, *range(speech.first_unit, speech.first_unit + num_speech_units)]
+        if unit_names is not None:
+            _rows_from_names(model, tokenizer, speech.first_unit, list(unit_names), num_speech_units)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, new_rows
+
+
+def _rows_from_names(model, tokenizer, first_unit: int, names: list, num_units: int) -> None:
+    if len(names) != num_units:
+        raise ValueError(f"{len(names)} unit names for {num_units} units: give one name per unit")
+    table = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for unit, name in enumerate(names):
+            spelled = tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
+            table[first_unit + unit] = table[spelled].mean(dim=0)
 
 
 def train_expert(
@@ -93,6 +144,8 @@ def train_expert(
     eval_dataset=None,
     resume_from_checkpoint: str | bool | None = None,
     callbacks: list | None = None,
+    unit_names: list | None = None,
+    speech_vocabulary_loss: bool = False,
 ) -> SFTTrainer:
     """Fine-tune one LoRA expert on prompt-completion examples and save the adapter (with the tokenizer) in
     `args.output_dir`.
@@ -104,12 +157,22 @@ def train_expert(
         lora: rank, alpha, dropout, targets (default: the paper's).
         num_speech_units: K for the speech expert (its unit tokens are added and trained); None for a text expert.
         resume_from_checkpoint: a checkpoint folder, or True for the latest in `args.output_dir`.
+        unit_names: a name per unit (phones), to start the unit rows from the text tokens that spell them.
+        speech_vocabulary_loss: the speech expert's loss over the unit tokens and end marker only
+            (`TokenRowsSFTTrainer`), instead of over the whole vocabulary.
 
     Returns the trainer: `trainer.state.log_history` holds the losses, `trainer.model` the PEFT model.
     """
     lora = lora or ExpertLoraSettings()
-    model, tokenizer, new_rows = load_base_for_expert(base_model, num_speech_units, seed=args.seed)
+    model, tokenizer, new_rows = load_base_for_expert(
+        base_model, num_speech_units, seed=args.seed, unit_names=unit_names
+    )
     peft_config = lora.lora_config(new_rows, tied_embeddings=bool(model.config.tie_word_embeddings))
+    extra = {}
+    if speech_vocabulary_loss:
+        if not new_rows:
+            raise ValueError("speech_vocabulary_loss is for the speech expert: give num_speech_units")
+        extra["speech_vocabulary"] = new_rows[1:]  # the end marker and the units
     trainer_class = TokenRowsSFTTrainer if new_rows else SFTTrainer
     trainer = trainer_class(
         model=model,
@@ -119,6 +182,7 @@ def train_expert(
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+        **extra,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.accelerator.wait_for_everyone()
@@ -135,5 +199,6 @@ __all__ = [
     "ExpertLoraSettings",
     "TokenRowsSFTTrainer",
     "load_base_for_expert",
+    "speech_vocabulary_loss",
     "train_expert",
 ]

@@ -2,8 +2,8 @@
 stage's settings, read with `--set section.key=value` overrides, and turned into the trainers' argument objects.
 
 A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `codec`, `acoustic_lm`,
-`tts_expert`, `text_expert`, `router`; each training section has a `training` mapping of TRL `SFTConfig` /
-transformers `TrainingArguments` fields, so anything those accept can be set.
+`duration_predictor`, `tts_expert`, `text_expert`, `router`; each training section has a `training` mapping of TRL
+`SFTConfig` / transformers `TrainingArguments` fields, so anything those accept can be set.
 """
 
 import copy
@@ -28,6 +28,7 @@ SECTIONS = (
     "semantic_tokenizer",
     "codec",
     "acoustic_lm",
+    "duration_predictor",
     "tts_expert",
     "text_expert",
     "router",

@@ -11,7 +11,14 @@ chat template with generation markers (SmolLM2's and Llama 3's have none).
 
 from datasets import Dataset, IterableDataset, concatenate_datasets
 
-from ..modeling.speech_units import SPEECH_END, SPEECH_START, TTS_INSTRUCTION, tts_messages, unit_token
+from ..modeling.speech_units import (
+    SPEECH_END,
+    SPEECH_START,
+    TTS_INSTRUCTION,
+    deduplicate_units,
+    tts_messages,
+    unit_token,
+)
 
 TASK_COLUMN = "task"
 """Which kind each example of a mixed dataset is ("tts" or "text"): the router training reports routing by task."""
@@ -39,14 +46,16 @@ def _map_to_examples(dataset, to_example, desc: str, num_proc: int | None):
     return dataset.map(to_example, remove_columns=removed, **kwargs)
 
 
-def tts_examples(dataset, instruction: str = TTS_INSTRUCTION, num_proc: int | None = None):
-    """A prepared speech dataset (`text`, `semantic_units`) -> prompt-completion TTS examples."""
+def tts_examples(dataset, instruction: str = TTS_INSTRUCTION, num_proc: int | None = None, deduplicate: bool = False):
+    """A prepared speech dataset (`text`, `semantic_units`) -> prompt-completion TTS examples; with `deduplicate`
+    the completion holds the run-length-collapsed units (a duration predictor restores the frames)."""
     _require(dataset, ("text", "semantic_units"), "run prepare_speech_dataset (mole-llama prepare) first")
 
     def to_example(row):
+        units = deduplicate_units(row["semantic_units"])[0] if deduplicate else row["semantic_units"]
         return {
             "prompt": tts_messages(row["text"], instruction),
-            "completion": [{"role": "assistant", "content": speech_completion(row["semantic_units"])}],
+            "completion": [{"role": "assistant", "content": speech_completion(units)}],
             TASK_COLUMN: "tts",
         }
 

@@ -49,13 +49,17 @@ def _semantic_tokenizer(folder):
 
 
 def fit_semantic_tokenizer_stage(recipe: dict, dataset, out) -> Path:
-    """Fit the k-means units on the dataset's audio (log-mel, or an SSL model's layer named by the recipe)."""
+    """Fit the k-means units on the dataset's audio (log-mel, or an SSL model's layer named by the recipe); the
+    pretrained "phones" backend has nothing to fit and is saved as it is."""
     from ..modeling.configuration_semantic_units import SemanticUnitsConfig
     from ..modeling.modeling_semantic_units import SemanticUnitsModel
     from .semantic_tokenizer import fit_semantic_tokenizer
 
     settings = section(recipe, "semantic_tokenizer")
     config = settings.get("config") or {}
+    if config.get("backend") == "phones":
+        SemanticUnitsModel(SemanticUnitsConfig(**config)).save_pretrained(out)
+        return Path(out)
     tokenizer = None
     if settings.get("ssl_model"):
         from transformers import AutoModel
@@ -146,6 +150,24 @@ def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, code
     return Path(out)
 
 
+def train_duration_stage(recipe: dict, prepared, semantic_tokenizer_dir, out, resume=False) -> Path:
+    """Train the duration predictor on the run lengths of the prepared units (for an LLM that speaks collapsed
+    units); its size comes from the recipe's `duration_predictor` section, the unit count from the tokenizer."""
+    from ..modeling.configuration_duration_predictor import DurationPredictorConfig
+    from ..modeling.modeling_duration_predictor import DurationPredictorModel
+    from .duration import default_duration_arguments, train_duration_predictor
+
+    units = _semantic_tokenizer(semantic_tokenizer_dir).config
+    settings = section(recipe, "duration_predictor")
+    config = DurationPredictorConfig(
+        num_units=units.num_units, unit_rate=units.unit_rate, **(settings.get("config") or {})
+    )
+    args = default_duration_arguments(str(out), **(settings.get("training") or {}))
+    torch.manual_seed(args.seed)
+    train_duration_predictor(DurationPredictorModel(config), prepared, args, _resume(out, resume))
+    return Path(out)
+
+
 def _resume(out, resume: bool):
     """True (the latest checkpoint) when asked and one exists; a fresh run otherwise."""
     if resume and any(Path(out).glob("checkpoint-*")):
@@ -155,41 +177,100 @@ def _resume(out, resume: bool):
     return None
 
 
-def _speech_parts(acoustic_lm_dir, codec_dir):
+def _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir=None) -> dict:
+    """The loaded speech parts, as `save_tts_model`'s keyword arguments."""
     from ..modeling.acoustic_codec import load_acoustic_codec
     from ..modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+    from ..modeling.modeling_duration_predictor import DurationPredictorModel
 
-    return AcousticLMForConditionalGeneration.from_pretrained(acoustic_lm_dir).eval(), load_acoustic_codec(codec_dir)
+    parts = {
+        "acoustic_lm": AcousticLMForConditionalGeneration.from_pretrained(acoustic_lm_dir).eval(),
+        "codec": load_acoustic_codec(codec_dir),
+    }
+    if duration_predictor_dir:
+        parts["duration_predictor"] = DurationPredictorModel.from_pretrained(duration_predictor_dir).eval()
+    return parts
+
+
+def _tts_examples(recipe: dict, prepared):
+    """The TTS examples as the speech expert learns them: collapsed units when `tts_expert.deduplicate_units`."""
+    from .sft_data import tts_examples
+
+    return tts_examples(prepared, deduplicate=bool(section(recipe, "tts_expert").get("deduplicate_units")))
+
+
+def _check_duration_predictor(recipe: dict, duration_predictor_dir) -> None:
+    if section(recipe, "tts_expert").get("deduplicate_units") and not duration_predictor_dir:
+        raise ValueError(
+            "tts_expert.deduplicate_units is on, so a speaking model needs a duration predictor: run "
+            "`mole-llama train-duration` first (or pass --duration-predictor)"
+        )
+
+
+def _learning_curve(settings: dict, eval_prepared, base, num_units: int):
+    from transformers import AutoTokenizer
+
+    from ..modeling.speech_units import add_speech_tokens
+    from .learning_curve import UnitErrorRateCallback
+
+    curve = settings.get("learning_curve") or {}
+    rows = eval_prepared.select(range(min(int(curve.get("texts", 24)), len(eval_prepared))))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    add_speech_tokens(tokenizer, num_units)  # the same ids as the trained tokenizer: added the same way
+    return UnitErrorRateCallback(
+        tokenizer, rows["text"], rows["semantic_units"], num_units, every_steps=int(curve.get("every_steps", 100))
+    )
 
 
 def train_tts_stage(
-    recipe: dict, prepared, semantic_tokenizer_dir, out, acoustic_lm_dir=None, codec_dir=None, resume=False
+    recipe: dict,
+    prepared,
+    semantic_tokenizer_dir,
+    out,
+    acoustic_lm_dir=None,
+    codec_dir=None,
+    resume=False,
+    duration_predictor_dir=None,
+    eval_prepared=None,
 ) -> dict:
     """The speech expert: `out/adapter` (PEFT), and with the speech parts `out/model`, a TTS-Llama folder that
-    `pipeline("text-to-speech")` loads. Returns the written folders."""
+    `pipeline("text-to-speech")` loads. Returns the written folders. With `eval_prepared` (held-out prepared
+    rows), the learning curve (greedy unit error rate on `tts_expert.learning_curve.texts` of them, every
+    `every_steps` steps) is logged beside the losses.
+
+    Recipe switches of `tts_expert` (measured in benchmarks/bench_tts_learning.py): `deduplicate_units` (speak
+    collapsed units, timed by the duration predictor), `speech_vocabulary_loss` (softmax over the speech tokens
+    only), `init_unit_rows_from_names` (phone rows start from the text tokens spelling them)."""
     from ..conversion.peft_experts import build_mole_from_adapters
     from ..conversion.tts_bundle import save_tts_model
     from .experts import train_expert
-    from .sft_data import tts_examples
 
+    speaking = bool(acoustic_lm_dir and codec_dir)
+    if speaking:
+        _check_duration_predictor(recipe, duration_predictor_dir)
+    settings = section(recipe, "tts_expert")
     semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir)
     num_units = semantic_tokenizer.config.num_units
     adapter_dir = Path(out) / "adapter"
     args = sft_config(recipe, "tts_expert", adapter_dir)
     base = base_model_path(recipe)
+    unit_names = semantic_tokenizer.unit_names if settings.get("init_unit_rows_from_names") else None
+    callbacks = [_learning_curve(settings, eval_prepared, base, num_units)] if eval_prepared is not None else None
     trainer = train_expert(
-        base, tts_examples(prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
-        resume_from_checkpoint=_resume(adapter_dir, resume),
+        base, _tts_examples(recipe, prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
+        resume_from_checkpoint=_resume(adapter_dir, resume), unit_names=unit_names,
+        speech_vocabulary_loss=bool(settings.get("speech_vocabulary_loss")), callbacks=callbacks,
     )  # fmt: skip
     written = {"adapter": adapter_dir}
-    if acoustic_lm_dir and codec_dir and trainer.is_world_process_zero():
-        acoustic_lm, codec = _speech_parts(acoustic_lm_dir, codec_dir)
+    if speaking and trainer.is_world_process_zero():
+        parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
         llm = build_mole_from_adapters(base, {"speech": adapter_dir})
         llm.set_routing("speech")
         tokenizer = trainer.processing_class
         written["model"] = save_tts_model(
-            Path(out) / "model", llm, tokenizer, acoustic_lm, codec, num_units, semantic_tokenizer
-        )
+            Path(out) / "model", llm, tokenizer, num_speech_units=num_units, semantic_tokenizer=semantic_tokenizer,
+            **parts,
+        )  # fmt: skip
     return written
 
 
@@ -218,6 +299,7 @@ def train_router_stage(
     codec_dir=None,
     messages_column="messages",
     resume=False,
+    duration_predictor_dir=None,
 ) -> Path:
     """Build the MoLE-Llama (text + speech experts), train its routers on mixed TTS and text examples, save it in
     `out`; with the speech parts, as a speaking folder (`pipeline("text-to-speech")` and AutoModelForCausalLM)."""
@@ -226,22 +308,27 @@ def train_router_stage(
     from ..conversion.peft_experts import build_mole_from_adapters
     from ..conversion.tts_bundle import save_tts_model
     from .router import train_router
-    from .sft_data import mixed_examples, text_examples, tts_examples
+    from .sft_data import mixed_examples, text_examples
 
+    speaking = bool(acoustic_lm_dir and codec_dir)
+    if speaking:
+        _check_duration_predictor(recipe, duration_predictor_dir)
     settings = section(recipe, "router")
     router = {key: settings[key] for key in ("router_hidden_size", "router_top_k") if key in settings}
     model = build_mole_from_adapters(
         base_model_path(recipe), {"text": text_adapter, "speech": speech_adapter}, **router
     )
     tokenizer = AutoTokenizer.from_pretrained(speech_adapter)
-    mixed = mixed_examples(tts_examples(prepared), text_examples(text_dataset, messages_column))
+    mixed = mixed_examples(_tts_examples(recipe, prepared), text_examples(text_dataset, messages_column))
     args = sft_config(recipe, "router", out)
     trainer = train_router(model, tokenizer, mixed, args, resume_from_checkpoint=_resume(out, resume))
-    if acoustic_lm_dir and codec_dir and trainer.is_world_process_zero():
-        acoustic_lm, codec = _speech_parts(acoustic_lm_dir, codec_dir)
+    if speaking and trainer.is_world_process_zero():
+        parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
         semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir) if semantic_tokenizer_dir else None
-        num_units = acoustic_lm.config.num_semantic_units
-        save_tts_model(out, model, tokenizer, acoustic_lm, codec, num_units, semantic_tokenizer)
+        num_units = parts["acoustic_lm"].config.num_semantic_units
+        save_tts_model(
+            out, model, tokenizer, num_speech_units=num_units, semantic_tokenizer=semantic_tokenizer, **parts
+        )
     return Path(out)
 
 
@@ -252,6 +339,7 @@ __all__ = [
     "prepare_stage",
     "train_acoustic_lm_stage",
     "train_codec_stage",
+    "train_duration_stage",
     "train_router_stage",
     "train_text_stage",
     "train_tts_stage",

@@ -1,0 +1,117 @@
+"""Training speed of the speech expert (TTS-Llama) on the embedded SmolLM2, before and after each change of the
+LLM side, measured side by side (round-robin steps over the same sentences, one run):
+
+- before: frame-level phone units (50/s), SmolLM2's default system prompt, loss over the whole vocabulary, fp32;
+- + collapsed units (`tts_expert.deduplicate_units`), + a short system turn (`TTS_SYSTEM`),
+- + the speech-vocabulary loss with the LM head only at the targets (`tts_expert.speech_vocabulary_loss`),
+- + bf16 autocast (this CPU has avx512_bf16).
+
+Prints the median step time, tokens per step, tokens/s and sentences/s of each. Sentences come from a corpus
+(`mole-llama build-corpus`), aligned here with the "phones" units.
+
+    python benchmarks/bench_tts_training.py --corpus CORPUS [--sentences 64] [--steps 10] [--batch-size 8]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+
+import torch
+from datasets import load_from_disk
+from transformers.utils import logging as hf_logging
+from trl import SFTConfig
+
+from mole_llama.conversion.gguf import embedded_base_path
+from mole_llama.data.audio import decode_audio, without_audio_decoding
+from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
+from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
+from mole_llama.modeling.phone_units import PHONES, TranscriptAlignmentError
+from mole_llama.training.experts import ExpertLoraSettings, TokenRowsSFTTrainer, load_base_for_expert
+from mole_llama.training.sft_data import tts_examples
+
+VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, bf16
+    ("before", False, False, False, False),
+    ("+ collapsed units", True, False, False, False),
+    ("+ short system turn", True, True, False, False),
+    ("+ speech-vocabulary loss", True, True, True, False),
+    ("+ bf16 autocast", True, True, True, True),
+)
+
+
+def aligned_rows(corpus, count: int) -> list:
+    tokenizer = SemanticUnitsModel(SemanticUnitsConfig(backend="phones"))
+    rows = []
+    for row in without_audio_decoding(load_from_disk(corpus)["train"], "audio"):
+        try:
+            waveform, _ = decode_audio(row["audio"], 16000)
+            units = tokenizer.encode(torch.from_numpy(waveform), row["text"])[0].tolist()
+        except TranscriptAlignmentError:
+            continue
+        rows.append({"text": row["text"], "semantic_units": units})
+        if len(rows) == count:
+            return rows
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, help="a build-corpus folder")
+    parser.add_argument("--sentences", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    from datasets import Dataset
+
+    rows = Dataset.from_list(aligned_rows(args.corpus, args.sentences))
+    lora = ExpertLoraSettings(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
+    runs = {}
+    with tempfile.TemporaryDirectory() as out:
+        for name, collapsed, short_prompt, vocabulary_loss, bf16 in VARIANTS:
+            examples = tts_examples(rows, deduplicate=collapsed)
+            if not short_prompt:  # the user turn alone: SmolLM2's template adds its default system prompt
+                examples = examples.map(lambda example: {"prompt": example["prompt"][1:]})
+            model, tokenizer, new_rows = load_base_for_expert(embedded_base_path(), len(PHONES), unit_names=PHONES)
+            sft = SFTConfig(
+                output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size, report_to=[],
+                use_cpu=True, bf16=False, disable_tqdm=True, seed=0, max_length=1024, dataloader_drop_last=True,
+            )  # fmt: skip
+            trainer = TokenRowsSFTTrainer(
+                model=model, args=sft, train_dataset=examples, processing_class=tokenizer,
+                peft_config=lora.lora_config(new_rows), speech_vocabulary=new_rows[1:] if vocabulary_loss else None,
+            )  # fmt: skip
+            batches = [batch for _, batch in zip(range(args.steps), trainer.get_train_dataloader())]
+            optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=2e-3)
+            runs[name] = {"trainer": trainer, "batches": batches, "optimizer": optimizer, "bf16": bf16, "times": []}
+        for step in range(args.steps):  # round-robin: every variant sees the same machine load
+            for run in runs.values():
+                trainer, batch = run["trainer"], run["batches"][step]
+                trainer.model.train()
+                started = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16) if run["bf16"] else nullcontext():
+                    loss = trainer.compute_loss(trainer.model, dict(batch))
+                loss.backward()
+                run["optimizer"].step()
+                run["optimizer"].zero_grad()
+                run["times"].append(time.perf_counter() - started)
+
+    print(f"\nSmolLM2-135M, LoRA r={args.rank} + 42 token rows, batch {args.batch_size}, {args.sentences} aligned "
+          f"sentences, {args.steps} round-robin steps (first dropped), {args.threads} threads\n")  # fmt: skip
+    print("| variant | median step (s) | tokens/step | tokens/s | sentences/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    first = None
+    for name, run in runs.items():
+        step = statistics.median(run["times"][1:])
+        tokens = statistics.median(int(batch["attention_mask"].sum()) for batch in run["batches"])
+        first = first or step
+        print(f"| {name} | {step:.2f} | {tokens} | {tokens / step:.0f} | {args.batch_size / step:.2f} | "
+              f"{first / step:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The speech expert's learning curve: held-out greedy unit error rate against CPU minutes, logged while it trains.
+
+A `TrainerCallback`, so it works with any trainer and lands in `trainer_state.json` (`log_history`) beside the
+losses, where reports and the model card read it.
+"""
+
+import time
+
+from transformers import TrainerCallback
+
+from ..chat import greedy_speech_units, unit_error_rate
+
+
+class UnitErrorRateCallback(TrainerCallback):
+    """Every `every_steps` optimizer steps (and at the end), decode `texts` greedily and log `unit_error_rate`
+    against `reference_units` (both run-length collapsed), with the process's CPU minutes and the wall minutes."""
+
+    def __init__(self, tokenizer, texts: list, reference_units: list, num_units: int, every_steps: int = 100):
+        if len(texts) != len(reference_units) or not texts:
+            raise ValueError(f"give one reference per text, and some: {len(texts)} vs {len(reference_units)}")
+        if every_steps < 1:
+            raise ValueError(f"every_steps={every_steps}: give a positive number of steps")
+        self.tokenizer, self.texts, self.references = tokenizer, list(texts), list(reference_units)
+        self.num_units, self.every_steps = num_units, every_steps
+        self.longest = max(len(units) for units in self.references)
+        self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
+
+    def measure(self, model) -> float:
+        hypotheses = greedy_speech_units(
+            model, self.tokenizer, self.texts, self.num_units, max_new_tokens=2 * self.longest + 8
+        )
+        return unit_error_rate(self.references, hypotheses)
+
+    def _log(self, state, model) -> None:
+        entry = {
+            "step": state.global_step,
+            "unit_error_rate": self.measure(model),
+            "cpu_minutes": (time.process_time() - self.cpu_start) / 60,
+            "wall_minutes": (time.perf_counter() - self.wall_start) / 60,
+        }
+        state.log_history.append(entry)
+        print(f"[learning curve] {entry}", flush=True)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps == 0 and state.is_world_process_zero:
+            self._log(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps and state.is_world_process_zero:
+            self._log(state, model)
+
+
+__all__ = ["UnitErrorRateCallback"]
