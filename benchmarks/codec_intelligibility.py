@@ -1,4 +1,5 @@
-"""Does the embedded acoustic codec keep speech intelligible? pocketsphinx WER/CER on held-out festival sentences.
+"""Does the embedded acoustic codec keep speech intelligible? Whisper tiny.en WER/CER (pocketsphinx WER as a second
+opinion) on held-out festival sentences.
 
 Trains `MelCodecModel` on festival speech of non-held-out fortune sentences (all voices, resampled to 16 kHz), or
 loads one with `--codec`, then prints a Markdown table per voice for: the ground truth, log-mel -> Griffin-Lim
@@ -10,9 +11,10 @@ loads one with `--codec`, then prints a Markdown table per voice for: the ground
         python benchmarks/codec_intelligibility.py --codec /work/codec_run --cache /work/codec_cache --voices $v
     done
 
-Training (300 clips, 16 min of audio, 1800 steps, 1 thread) takes ~6 min; scoring one voice ~3 min (pocketsphinx
-takes ~1 s per clip, three clips per sentence), so training and evaluation run as separate processes. Measured
-with 4x256 codes at 50 Hz (1.6 kbps), 50 held-out sentences per voice, WER / CER:
+Training (300 clips, 16 min of audio, 1800 steps, 1 thread) takes ~6 min; scoring one voice ~6 min (Whisper and
+pocketsphinx take ~1.2 s each per clip, three clips per sentence), so training and evaluation run as separate
+processes. Measured with 4x256 codes at 50 Hz (1.6 kbps), 50 held-out sentences per voice, WER / CER by pocketsphinx
+(before Whisper was the judge):
     kal  ground truth 0.258/0.125  log-mel->Griffin-Lim 0.290/0.143  codec 0.271/0.131
     ked  ground truth 0.348/0.173  log-mel->Griffin-Lim 0.422/0.223  codec 0.425/0.216
     slt  ground truth 0.225/0.113  log-mel->Griffin-Lim 0.234/0.125  codec 0.255/0.139
@@ -29,7 +31,7 @@ import torch
 
 from mole_llama.data.audio import resample
 from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
-from mole_llama.evaluation.intelligibility import error_rates, transcribe
+from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
 from mole_llama.training.codec import train_mel_codec
@@ -52,11 +54,6 @@ def speech(sentences, voice, cache):
             soundfile.write(path, waveform, RATE)
         clips.append(waveform)
     return clips
-
-
-def score(references, clips, rate):
-    hypotheses = [transcribe(clip, rate) for clip in clips]
-    return error_rates(references, hypotheses)
 
 
 def main():
@@ -129,13 +126,13 @@ def main():
         clips = speech(held_out, voice, args.cache)
         timings[f"synthesize {voice}"] = time.time() - tick
         tick = time.time()
-        rows.append((voice, "ground truth", score(held_out, clips, RATE)))
+        rows.append((voice, "ground truth", score_waveforms(held_out, clips, RATE)))
         timings[f"score {voice} ground truth"] = time.time() - tick
         tick = time.time()
         features = codec.features if hasattr(codec, "features") else None
         if features is not None:
             vocoded = [codec.log_mel_to_waveform(features(torch.from_numpy(c)[None]))[0].numpy() for c in clips]
-            rows.append((voice, "log-mel -> Griffin-Lim (no quantization)", score(held_out, vocoded, RATE)))
+            rows.append((voice, "log-mel -> Griffin-Lim (no quantization)", score_waveforms(held_out, vocoded, RATE)))
         timings[f"score {voice} log-mel"] = time.time() - tick
         for name, variant in variants.items():
             tick = time.time()
@@ -143,16 +140,16 @@ def main():
             for clip in clips:
                 waveform = torch.from_numpy(resample(clip, RATE, variant.sampling_rate))[None]
                 resynthesized.append(variant.decode(variant.encode(waveform))[0].numpy())
-            rows.append((voice, name, score(held_out, resynthesized, variant.sampling_rate)))
+            rows.append((voice, name, score_waveforms(held_out, resynthesized, variant.sampling_rate)))
             timings[f"score {voice} {name}"] = time.time() - tick
         print(f"{voice} done at {time.time() - started:.0f} s", flush=True)
 
     source = args.codec or args.output
-    print(f"\n{len(held_out)} held-out sentences per voice; pocketsphinx at 16 kHz; codec from {source}\n")
+    print(f"\n{len(held_out)} held-out sentences per voice; Whisper tiny.en and pocketsphinx; codec from {source}\n")
     if rows:
-        print("| voice | audio | WER | CER |\n| --- | --- | --- | --- |")
+        print("| voice | audio | Whisper WER | Whisper CER | pocketsphinx WER |\n| --- | --- | --- | --- | --- |")
         for voice, name, rates in rows:
-            print(f"| {voice} | {name} | {rates['wer']:.3f} | {rates['cer']:.3f} |")
+            print(f"| {voice} | {name} | {rates['wer']:.3f} | {rates['cer']:.3f} | {rates['wer_pocketsphinx']:.3f} |")
     print("\n| step | seconds |\n| --- | --- |")
     for step, seconds in timings.items():
         print(f"| {step} | {seconds:.0f} |")

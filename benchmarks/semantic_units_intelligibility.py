@@ -1,8 +1,9 @@
-"""How much speech content do semantic units keep? Crude centroid-lookup resynthesis, judged by pocketsphinx.
+"""How much speech content do semantic units keep? Crude centroid-lookup resynthesis, judged by Whisper tiny.en.
 
 Fits log-mel k-means units on festival speech of training sentences, then for held-out sentences: units ->
-centroid features -> (the utterance's own mean/std put back) -> log-mel -> Griffin-Lim -> pocketsphinx. Compared
-with ground truth and with unquantised log-mel -> Griffin-Lim. Prints a Markdown table of WER/CER per voice.
+centroid features -> (the utterance's own mean/std put back) -> log-mel -> Griffin-Lim -> Whisper tiny.en
+(pocketsphinx as a second opinion). Compared with ground truth and with unquantised log-mel -> Griffin-Lim. Prints a
+Markdown table of WER/CER per voice.
 
     python benchmarks/semantic_units_intelligibility.py [--train 120] [--test 30] [--voices kal slt]
 """
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mole_llama.data.audio import resample
 from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
-from mole_llama.evaluation.intelligibility import error_rates, transcribe
+from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.audio_features import LogMelSpectrogram
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
@@ -61,15 +62,14 @@ def main():
             tokenizer = fit_semantic_tokenizer(train, SemanticUnitsConfig(num_units=units, unit_rate=rate))
             variants[f"units K={units}, {rate} Hz"] = [resynthesize(tokenizer, w) for w in tqdm(test, desc=setting)]
         for name, waves in variants.items():
-            scores = error_rates(test_texts, [transcribe(w, RATE) for w in waves])
-            rows.append((voice, name, scores["wer"], scores["cer"]))
+            rows.append((voice, name, score_waveforms(test_texts, waves, RATE)))
 
     print(
         f"\n{args.train} training / {args.test} held-out sentences per voice, {time.perf_counter() - started:.0f} s\n"
     )
-    print("| voice | audio | WER | CER |\n|---|---|---:|---:|")
-    for voice, name, wer, cer in rows:
-        print(f"| {voice} | {name} | {wer:.3f} | {cer:.3f} |")
+    print("| voice | audio | Whisper WER | Whisper CER | pocketsphinx WER |\n|---|---|---:|---:|---:|")
+    for voice, name, rates in rows:
+        print(f"| {voice} | {name} | {rates['wer']:.3f} | {rates['cer']:.3f} | {rates['wer_pocketsphinx']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Intelligibility through the speech stack, on festival speech: ground truth, codec resynthesis, and
-semantic units -> acoustic LM -> codec (teacher-forced and sampled), judged by pocketsphinx.
+semantic units -> acoustic LM -> codec (teacher-forced and sampled), judged by Whisper tiny.en (pocketsphinx as
+a second opinion).
 
 Trains (or loads) the embedded codec, fits the semantic tokenizer, trains the acoustic LM on the training
 sentences of every voice, then scores held-out sentences per voice. The trained parts are kept in `--work`.
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mole_llama.data.audio import resample
 from mole_llama.data.festival import VOICES, fortune_sentences, is_held_out, synthesize
-from mole_llama.evaluation.intelligibility import error_rates, transcribe
+from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
@@ -122,14 +123,13 @@ def main():
                 sampled = acoustic_lm.generate(units, prompt_codes=prompt[None], temperature=0.4, top_k=10, seed=0)
                 variants["units -> acoustic LM (sampled, voice prompt)"].append(codec.decode(sampled)[0].numpy())
         for name, waves in variants.items():
-            scores = error_rates(test_texts, [transcribe(w, RATE) for w in waves])
-            rows.append((voice, name, scores["wer"], scores["cer"]))
+            rows.append((voice, name, score_waveforms(test_texts, waves, RATE)))
 
     print(f"\n{args.train} training / {args.test} held-out sentences per voice, {args.units} units at "
           f"{args.unit_rate} Hz, {time.perf_counter() - started:.0f} s\n")  # fmt: skip
-    print("| voice | audio | WER | CER |\n|---|---|---:|---:|")
-    for voice, name, wer, cer in rows:
-        print(f"| {voice} | {name} | {wer:.3f} | {cer:.3f} |")
+    print("| voice | audio | Whisper WER | Whisper CER | pocketsphinx WER |\n|---|---|---:|---:|---:|")
+    for voice, name, rates in rows:
+        print(f"| {voice} | {name} | {rates['wer']:.3f} | {rates['cer']:.3f} | {rates['wer_pocketsphinx']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -258,5 +258,6 @@ def test_briefly_trained_codec_keeps_festival_speech_intelligible(tmp_path):
     )  # fmt: skip
     hypotheses = [transcribe(codec.decode(codec.encode(torch.from_numpy(c)[None]))[0].numpy(), RATE) for c in clips]
     rates = error_rates(sentences, hypotheses)
-    # Measured: WER 0.49-0.55 on these six sentences (ground truth 0.34; an untrained codec 0.87+).
-    assert rates["wer"] < 0.7, (rates, hypotheses)
+    # Whisper tiny.en, measured: WER 0.38 on these six sentences (pocketsphinx 0.53); ground truth 0.28 (pocketsphinx
+    # 0.34). The bound leaves 9 of the 53 words to chance.
+    assert rates["wer"] < 0.55, (rates, hypotheses)

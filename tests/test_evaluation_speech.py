@@ -1,5 +1,6 @@
-"""Speech evaluation on real festival audio: the ground-truth ceiling, units generated once per sentence and
-rendered in every voice, a model that says nothing scored as an empty transcript, voice references."""
+"""Speech evaluation on real festival audio: the ground-truth ceiling (Whisper, pocketsphinx as a second opinion),
+units generated once per sentence and rendered in every voice, a model that says nothing scored as an empty
+transcript, voice references."""
 
 import numpy as np
 import pytest
@@ -56,7 +57,9 @@ def test_ground_truth_is_intelligible_and_written(recordings, tmp_path):
     dataset, _ = recordings
     rates, rows = ground_truth_intelligibility(dataset, tmp_path)
     assert set(rates) == {"kal", "slt", "all"}
-    assert rates["all"]["wer"] < 0.6  # festival speech through pocketsphinx: measured 0.1-0.35
+    # Whisper tiny.en on these two plain sentences: measured 0.0 (pocketsphinx 0.0); the bound allows 4 of the 20 words
+    assert rates["all"]["wer"] < 0.25 and rates["all"]["wer_pocketsphinx"] < 0.6
+    assert all(row["transcript"] and row["transcript_pocketsphinx"] for row in rows)
     assert all((tmp_path / row["path"]).is_file() for row in rows)
 
 

@@ -125,7 +125,7 @@ def test_bad_input_is_a_clear_error(fitted):
 @pytest.mark.slow
 def test_units_of_real_speech_keep_it_intelligible():
     """Festival speech -> units -> centroid log-mel (the utterance's own level put back) -> Griffin-Lim is still
-    understood by pocketsphinx on held-out sentences: the units carry the words."""
+    understood by Whisper on held-out sentences: the units carry the words."""
     from mole_llama.data.audio import resample
     from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
     from mole_llama.evaluation.intelligibility import error_rates, transcribe
@@ -145,4 +145,5 @@ def test_units_of_real_speech_keep_it_intelligible():
     assert wer < WER_BOUND_UNITS
 
 
-WER_BOUND_UNITS = 0.8  # measured 0.53 here (K=256, 40 training sentences); ground truth scores about 0.28
+WER_BOUND_UNITS = 0.65  # Whisper tiny.en: measured 0.45 here (K=256, 40 training sentences; pocketsphinx 0.53);
+# the ground truth of these six sentences scores 0.31 (pocketsphinx 0.36)

@@ -1,4 +1,4 @@
-"""The speech stack on real festival speech: units -> acoustic LM -> codec gives audio pocketsphinx understands.
+"""The speech stack on real festival speech: units -> acoustic LM -> codec gives audio Whisper understands.
 
 Everything is trained here from scratch, small and briefly, on a dozen sentences and judged on four of them
 (held in: this checks the path and the models' capacity, not generalisation; the benchmark
@@ -27,8 +27,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("text2wave") is None, reason="needs festival (scripts/setup.sh installs it)"),
 ]
 RATE = 16000
-WER_BOUND_TEACHER_FORCED = 0.75  # measured WER 0.45-0.48 here (40-150 epochs)
-WER_BOUND_SAMPLED = 0.7  # measured 0.35 here; held out (benchmark): 0.49-0.69 sampled, 0.50-0.60 forced
+# Whisper tiny.en on the 4 judged sentences (40 words), measured: forced 0.30, sampled 0.25; pocketsphinx 0.50 and
+# 0.43; the ground truth 0.28 (pocketsphinx 0.30). Each bound leaves 10 more words to chance. (Held out, the
+# benchmark measured with pocketsphinx 0.49-0.69 sampled, 0.50-0.60 forced.)
+WER_BOUND_TEACHER_FORCED = 0.55
+WER_BOUND_SAMPLED = 0.5
 
 
 @pytest.fixture(autouse=True)

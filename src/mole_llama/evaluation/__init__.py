@@ -1,2 +1,2 @@
-"""Evaluation: intelligibility (pocketsphinx WER/CER), speech, text retention, router accuracy, `evaluate` and
-the report (`mole-llama evaluate`)."""
+"""Evaluation: intelligibility (Whisper tiny.en WER/CER, pocketsphinx as a second opinion), speech, text retention,
+router accuracy, `evaluate` and the report (`mole-llama evaluate`)."""

@@ -1,6 +1,7 @@
 """`mole-llama evaluate`: the paper's claims measured on a TTS-Llama and a MoLE-Llama folder, in one JSON.
 
-- intelligibility: held-out sentences spoken in each voice, pocketsphinx WER/CER, next to the ground truth;
+- intelligibility: held-out sentences spoken in each voice, Whisper tiny.en WER/CER (pocketsphinx WER as a second
+  opinion), next to the ground truth;
 - text retention: greedy agreement with the base, mean per-token KL from the base, known-answer accuracy, for the
   base, TTS-Llama (speech expert always on) and MoLE-Llama (learned routing);
 - router accuracy: share of held-out text-task and speech tokens routed mainly to their expert;

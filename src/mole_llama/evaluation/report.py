@@ -120,10 +120,17 @@ def _ratio(value: float, ceiling: float) -> str:
     return f"{value / ceiling:.2f}x" if ceiling > 0 else "n/a"
 
 
+def _second_opinion(row: dict, digits: int = 3) -> str:
+    """pocketsphinx's WER, or n/a for metrics written before it was measured."""
+    return f"{row['wer_pocketsphinx']:.{digits}f}" if "wer_pocketsphinx" in row else "n/a"
+
+
 def intelligibility_table(intelligibility: dict) -> str:
+    """Whisper tiny.en WER / CER per voice and model, its ratio to the ground truth, and pocketsphinx's WER."""
     ceiling = intelligibility["ground truth"]
-    lines = ["| voice | " + " | ".join(f"{name} WER / CER" for name in intelligibility) + " | WER vs ground truth |",
-             "|---|" + "---:|" * (len(intelligibility) + 1)]  # fmt: skip
+    lines = ["| voice | " + " | ".join(f"{name} WER / CER" for name in intelligibility) + " | WER vs ground truth | "
+             f"pocketsphinx WER ({' / '.join(intelligibility)}) |",
+             "|---|" + "---:|" * (len(intelligibility) + 2)]  # fmt: skip
     for voice in ceiling:
         cells = [f"{rates[voice]['wer']:.3f} / {rates[voice]['cer']:.3f}" for rates in intelligibility.values()]
         ratios = ", ".join(
@@ -131,7 +138,8 @@ def intelligibility_table(intelligibility: dict) -> str:
             for name, rates in intelligibility.items()
             if name != "ground truth"
         )
-        lines.append(f"| {voice} | " + " | ".join(cells) + f" | {ratios} |")
+        second = " / ".join(_second_opinion(rates[voice]) for rates in intelligibility.values())
+        lines.append(f"| {voice} | " + " | ".join(cells) + f" | {ratios} | {second} |")
     return "\n".join(lines)
 
 
@@ -207,16 +215,17 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
         "## Claims of the paper, at this scale",
         "| claim | holds | evidence |\n|---|---|---|"
         + "".join(f"\n| {claim} | {'yes' if ok else '**no**'} | {why} |" for claim, ok, why in claims(metrics)),
-        "## Intelligibility (pocketsphinx, held-out sentences)",
+        "## Intelligibility (Whisper tiny.en, held-out sentences; pocketsphinx as a second opinion)",
         intelligibility_table(metrics["intelligibility"]),
         "## Text retention",
         retention_table(metrics["retention"]),
         "## Router accuracy (MoLE-Llama, learned routing)",
         routing_table(metrics["routing"]),
         "## Text in, speech out (MoLE-Llama)",
-        "| question | text answer | heard (pocketsphinx) | WER | audio |\n|---|---|---|---:|---|"
+        "| question | text answer | heard (Whisper tiny.en) | WER | pocketsphinx WER | audio |\n"
+        "|---|---|---|---:|---:|---|"
         + "".join(f"\n| {_cell(r['question'])} | {_cell(r['answer'])} | {_cell(r['transcript'])} | {r['wer']:.2f} | "
-                  f"[wav]({relative(r['path'])}) |" for r in metrics["spoken_answers"]),
+                  f"{_second_opinion(r, 2)} | [wav]({relative(r['path'])}) |" for r in metrics["spoken_answers"]),
         "## Samples",
         "\n".join(
             f"- {name}: " + ", ".join(f"[{row['voice']} {i // len(settings['voices'])}]({relative(row['path'])})"

@@ -1,5 +1,6 @@
-"""Speech evaluation: speak held-out sentences in each voice and score them with pocketsphinx next to the same
-measure on the ground-truth recordings (the ceiling); speak a model's text answers and compare what is heard.
+"""Speech evaluation: speak held-out sentences in each voice and score them with Whisper tiny.en (pocketsphinx as a
+second opinion) next to the same measure on the ground-truth recordings (the ceiling); speak a model's text answers
+and compare what is heard.
 
 The LLM's semantic units do not depend on the voice, so each sentence is turned into units once and rendered in
 every voice by the acoustic LM with that voice's reference clip as prompt.
@@ -51,13 +52,28 @@ def _silence(model) -> np.ndarray:
     return np.zeros(int(0.2 * model.sampling_rate), dtype=np.float32)
 
 
+def _heard(waveform, rate: int) -> dict:
+    """What each judge hears: `transcript` (Whisper, the measure) and `transcript_pocketsphinx` (second opinion)."""
+    return {
+        "transcript": transcribe(waveform, rate),
+        "transcript_pocketsphinx": transcribe(waveform, rate, judge="pocketsphinx"),
+    }
+
+
+def _rates(references: list, rows: list) -> dict:
+    """`{"wer", "cer"}` of Whisper's transcripts in `rows`, plus `wer_pocketsphinx`."""
+    pocketsphinx = error_rates(references, [row["transcript_pocketsphinx"] for row in rows])
+    return {**error_rates(references, [row["transcript"] for row in rows]), "wer_pocketsphinx": pocketsphinx["wer"]}
+
+
 def _rates_by_voice(rows: list) -> dict:
-    """`{voice: {"wer", "cer"}, "all": {...}}` over rows holding `voice`, `text` and `transcript`."""
+    """`{voice: {"wer", "cer", "wer_pocketsphinx"}, "all": {...}}` over rows holding `voice`, `text` and both
+    transcripts."""
     rates = {}
     for voice in sorted({row["voice"] for row in rows}):
         mine = [row for row in rows if row["voice"] == voice]
-        rates[voice] = error_rates([r["text"] for r in mine], [r["transcript"] for r in mine])
-    rates["all"] = error_rates([r["text"] for r in rows], [r["transcript"] for r in rows])
+        rates[voice] = _rates([row["text"] for row in mine], mine)
+    rates["all"] = _rates([row["text"] for row in rows], rows)
     return rates
 
 
@@ -72,7 +88,7 @@ def ground_truth_intelligibility(test_dataset, out_dir=None, audio_column: str =
     rows = []
     for index, row in enumerate(tqdm(without_audio_decoding(test_dataset, audio_column), desc="ground truth")):
         waveform, rate = decode_audio(row[audio_column])
-        entry = {"voice": row["voice"], "text": row["text"], "transcript": transcribe(waveform, rate)}
+        entry = {"voice": row["voice"], "text": row["text"], **_heard(waveform, rate)}
         if out_dir is not None:
             entry["path"] = _write(Path(out_dir) / f"{index:02d}-{row['voice']}.wav", waveform, rate)
         rows.append(entry)
@@ -102,7 +118,7 @@ def synthesized_intelligibility(
                     "voice": voice,
                     "text": text,
                     "units": len(units or []),
-                    "transcript": transcribe(waveform, model.sampling_rate),
+                    **_heard(waveform, model.sampling_rate),
                     "path": _write(Path(out_dir) / f"{index:02d}-{voice}.wav", waveform, model.sampling_rate),
                 }
             )
@@ -114,7 +130,7 @@ def spoken_answers(
 ) -> list:
     """Text in, speech out: `text_model` (a MoLE-Llama as a causal LM, learned routing) answers each question in
     text, then `speaker` (the same folder loaded to speak) says the answer in the `reference` voice;
-    pocketsphinx's transcript is scored against the text answer."""
+    what Whisper (and pocketsphinx) hear is scored against the text answer."""
     from .retention import greedy_answers
 
     answers = greedy_answers(text_model, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
@@ -128,13 +144,14 @@ def spoken_answers(
             waveform = speaker.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=MAX_UNITS).numpy()
         except NoSpeechUnitsError:
             waveform = _silence(speaker)
-        transcript = transcribe(waveform, speaker.sampling_rate)
+        heard = _heard(waveform, speaker.sampling_rate)
         rows.append(
             {
                 "question": question,
                 "answer": answer,
-                "transcript": transcript,
-                "wer": error_rates([answer], [transcript])["wer"],
+                **heard,
+                "wer": error_rates([answer], [heard["transcript"]])["wer"],
+                "wer_pocketsphinx": error_rates([answer], [heard["transcript_pocketsphinx"]])["wer"],
                 "path": _write(Path(out_dir) / f"answer-{index}.wav", waveform, speaker.sampling_rate),
             }
         )
