@@ -20,6 +20,12 @@ def cmd_embedded_base(args) -> None:
     print(embedded_base_path(args.cache_dir))
 
 
+def cmd_embedded_model(args) -> None:
+    from .embedded import embedded_model_path
+
+    print(embedded_model_path(args.name, args.cache_dir))
+
+
 def cmd_convert_gguf(args) -> None:
     from .conversion.gguf import convert_gguf
 
@@ -67,7 +73,14 @@ def cmd_ask(args) -> None:
     from .chat import greedy_chat_reply
     from .conversion.gguf import embedded_base_path
 
-    model_path = args.model or embedded_base_path()
+    if args.model:
+        model_path = args.model
+    elif args.speak:
+        from .embedded import embedded_model_path
+
+        model_path = embedded_model_path("mole-llama")
+    else:
+        model_path = embedded_base_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     if args.routing is not None:
@@ -302,7 +315,13 @@ def _speak(model_path, text: str, args) -> dict:
 
 
 def cmd_synthesize(args) -> None:
-    speech = _speak(args.model, args.text, args)
+    if args.model:
+        model_path = args.model
+    else:
+        from .embedded import embedded_model_path
+
+        model_path = embedded_model_path("tts-llama")
+    speech = _speak(model_path, args.text, args)
     print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]))
 
 
@@ -423,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("synthesize", help="text -> WAV with a TTS-Llama or MoLE-Llama folder")
     command.add_argument("text")
-    command.add_argument("-m", "--model", required=True, help="a speaking model folder (or Hub id)")
+    command.add_argument("-m", "--model", help="a speaking model folder or Hub id (default: the shipped TTS-Llama)")
     command.add_argument("-o", "--output", default="speech.wav", help="WAV file to write")
     command.add_argument("--voice", help="reference audio file for the voice (a few seconds)")
     command.add_argument("--seed", type=int, default=0)
@@ -435,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     command = commands.add_parser("embedded-base", help="print (creating it once) the SmolLM2 base model folder")
     command.add_argument("--cache-dir", help="where to keep it (default: $MOLE_LLAMA_CACHE or ~/.cache/mole_llama)")
     command.set_defaults(run=cmd_embedded_base)
+
+    for name in ("tts", "mole"):
+        full = f"{name}-llama"
+        command = commands.add_parser(f"embedded-{name}", help=f"print (assembling it once) the shipped {full} folder")
+        command.add_argument("--cache-dir", help="where to keep it (default: $MOLE_LLAMA_CACHE or ~/.cache/mole_llama)")
+        command.set_defaults(run=cmd_embedded_model, name=full)
 
     command = commands.add_parser("convert-gguf", help="convert a GGUF Llama checkpoint to a safetensors folder")
     command.add_argument("gguf", help="path of the .gguf file")
@@ -461,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("ask", help="answer a question in text (greedy, through the chat template)")
     command.add_argument("question")
-    command.add_argument("-m", "--model", help="model folder (default: the embedded SmolLM2 base)")
+    command.add_argument(
+        "-m", "--model", help="model folder (default: the embedded SmolLM2 base; with --speak the shipped MoLE-Llama)"
+    )
     command.add_argument("--routing", help="MoLE only: an expert name, 'base', or 'learned'")
     command.add_argument("--max-new-tokens", type=int, default=64)
     command.add_argument("--speak", action="store_true", help="also say the answer (a speaking MoLE-Llama folder)")

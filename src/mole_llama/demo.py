@@ -19,7 +19,8 @@ PROFILES = {
     "default": {
         "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 200,
         "set": [
-            "semantic_tokenizer.iterations=10", "codec.steps=250", "acoustic_lm.training.num_train_epochs=3",
+            "codec.steps=250", "duration_predictor.training.num_train_epochs=20",
+            "acoustic_lm.training.num_train_epochs=3",
             "tts_expert.training.max_steps=36", "tts_expert.training.per_device_train_batch_size=4",
             "text_expert.training.max_steps=16", "text_expert.training.per_device_train_batch_size=4",
             "router.training.max_steps=16", "router.training.per_device_train_batch_size=4",
@@ -30,7 +31,7 @@ PROFILES = {
     "tiny": {  # the suite's smoke profile: every step runs, nothing learns much
         "train_sentences": 6, "test_sentences": 2, "qa_train": 8, "eval_sentences": 1, "eval_prompts": 200,
         "set": [
-            "semantic_tokenizer.config.num_units=64", "semantic_tokenizer.iterations=3", "codec.steps=4",
+            "duration_predictor.training.max_steps=3", "codec.steps=4",
             "codec.batch_size=4", "acoustic_lm.training.max_steps=3", "tts_expert.training.max_steps=2",
             "text_expert.training.max_steps=2", "router.training.max_steps=2",
             "tts_expert.training.per_device_train_batch_size=2", "text_expert.training.per_device_train_batch_size=2",
@@ -72,6 +73,7 @@ def run_demo(out_dir="demo_output", profile: str = "default", config: str = "emb
     run_step("semantic units", "fit-semantic-tokenizer", "--dataset", work / "corpus", log=log, recipe=recipe)
     run_step("codec", "train-codec", "--dataset", work / "corpus", log=log, recipe=recipe)
     run_step("units and codes", "prepare", "--dataset", work / "corpus", log=log, recipe=recipe)
+    run_step("durations", "train-duration", log=log, recipe=recipe)
     run_step("acoustic LM", "train-acoustic-lm", log=log, recipe=recipe)
     run_step("speech expert (TTS-Llama)", "train-tts", log=log, recipe=recipe)
     run_step("text expert", "train-text", "--dataset", work / "qa", log=log, recipe=recipe)
@@ -81,8 +83,9 @@ def run_demo(out_dir="demo_output", profile: str = "default", config: str = "emb
         shutil.rmtree(models / "tts-llama")
     shutil.copytree(work / "tts" / "model", models / "tts-llama")
     training_seconds = time.perf_counter() - started
-    runs = {"codec": work / "codec", "acoustic LM": work / "acoustic_lm", "speech expert": work / "tts" / "adapter",
-            "text expert": work / "text_expert", "router": models / "mole-llama"}  # fmt: skip
+    runs = {"codec": work / "codec", "durations": work / "duration_predictor", "acoustic LM": work / "acoustic_lm",
+            "speech expert": work / "tts" / "adapter", "text expert": work / "text_expert",
+            "router": models / "mole-llama"}  # fmt: skip
     header = (
         f"Embedded demo, profile `{profile}`: SmolLM2-135M-Instruct, recipe `{config}` with "
         + ", ".join(f"`{value}`" for value in settings["set"])
