@@ -2,6 +2,7 @@
 expert and the text expert through TRL's SFTTrainer + PEFT, resume, and router-only training of the MoLE-Llama."""
 
 import json
+import math
 import random
 
 import pytest
@@ -13,9 +14,11 @@ from transformers.utils import logging as hf_logging
 from trl import SFTConfig
 
 from conftest import save_tiny_llama_with_smollm2_tokenizer
+from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
-from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, unit_token
-from mole_llama.training.experts import ExpertLoraSettings, train_expert
+from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, add_speech_tokens, unit_token
+from mole_llama.training.experts import ExpertLoraSettings, load_base_for_expert, train_expert
+from mole_llama.training.learning_curve import UnitErrorRateCallback
 from mole_llama.training.router import routing_shares, tokenize_probe, train_router
 from mole_llama.training.sft_data import mixed_examples, speech_completion, text_examples, tts_examples
 
@@ -86,7 +89,7 @@ def text_expert(base_dir, tmp_path_factory):
 
 def test_examples_follow_the_inference_prompt():
     example = tts_examples(speech_rows(1))[0]
-    assert example["prompt"][0]["role"] == "user" and example["task"] == "tts"
+    assert [turn["role"] for turn in example["prompt"]] == ["system", "user"] and example["task"] == "tts"
     assert example["completion"][0]["content"] == speech_completion(speech_rows(1)[0]["semantic_units"])
     first_unit = speech_rows(1)[0]["semantic_units"][0]
     assert example["completion"][0]["content"].startswith(SPEECH_START + unit_token(first_unit))
@@ -119,6 +122,43 @@ def test_speech_expert_learns_units_and_saves_a_small_adapter(speech_expert, bas
     batch = trainer.data_collator([trainer.train_dataset[0]])
     targets = batch["input_ids"][0][batch["labels"][0] != -100]
     assert int(targets[0]) == speech.start and tokenizer.decode(targets).count("user") == 0
+
+
+def test_speech_expert_with_the_fast_settings_learns_and_logs_its_learning_curve(base_dir, tmp_path):
+    """Collapsed units, the speech-vocabulary loss, rows started from unit names, and the unit error rate logged."""
+    rows = speech_rows()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    add_speech_tokens(tokenizer, UNITS)
+    curve = UnitErrorRateCallback(tokenizer, rows["text"][:4], rows["semantic_units"][:4], UNITS, every_steps=12)
+    names = [f"u{unit}" for unit in range(UNITS)]
+    trainer = train_expert(
+        base_dir, tts_examples(rows, deduplicate=True), sft_args(tmp_path), LORA, num_speech_units=UNITS,
+        unit_names=names, speech_vocabulary_loss=True, callbacks=[curve],
+    )  # fmt: skip
+    history = losses(trainer)
+    assert history[0] < 1.1 * math.log(UNITS + 1)  # a softmax over the units and the end marker only
+    assert history[-1] < 0.75 * history[0], history
+    logged = [entry for entry in trainer.state.log_history if "unit_error_rate" in entry]
+    assert [entry["step"] for entry in logged] == [12, 24] and all(0 <= e["unit_error_rate"] <= 1.5 for e in logged)
+    assert logged[-1]["cpu_minutes"] > logged[0]["cpu_minutes"] > 0
+
+
+def test_unit_rows_start_from_the_tokens_that_spell_their_names(base_dir):
+    model, tokenizer, rows = load_base_for_expert(base_dir, UNITS, unit_names=[f"AH{u}" for u in range(UNITS)])
+    speech = SpeechTokenIds.from_tokenizer(tokenizer, UNITS)
+    table = model.get_input_embeddings().weight
+    spelled = tokenizer(" AH3", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(table[speech.first_unit + 3], table[spelled].mean(dim=0))
+    with pytest.raises(ValueError, match="one name per unit"):
+        load_base_for_expert(base_dir, UNITS, unit_names=["AH"])
+
+
+def test_units_decoding_and_their_error_rate():
+    assert unit_error_rate([[1, 1, 2, 3]], [[1, 2, 2, 3]]) == 0.0  # collapsed: the same units
+    assert unit_error_rate([[1, 2, 3]], [[1, 3]]) == pytest.approx(1 / 3)
+    assert unit_error_rate([[1, 2]], [[]]) == 1.0
+    with pytest.raises(ValueError, match="as many hypotheses"):
+        unit_error_rate([[1]], [])
 
 
 def test_text_expert_learns(text_expert):

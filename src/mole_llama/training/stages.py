@@ -214,12 +214,14 @@ def _learning_curve(settings: dict, eval_prepared, base, num_units: int):
     from .learning_curve import UnitErrorRateCallback
 
     curve = settings.get("learning_curve") or {}
-    rows = eval_prepared.select(range(min(int(curve.get("texts", 24)), len(eval_prepared))))
+    first_reading = {}  # one reading per sentence (a test split has each sentence in every voice)
+    for text, units in zip(eval_prepared["text"], eval_prepared["semantic_units"]):
+        first_reading.setdefault(text, units)
+    texts = list(first_reading)[: int(curve.get("texts", 24))]
     tokenizer = AutoTokenizer.from_pretrained(base)
     add_speech_tokens(tokenizer, num_units)  # the same ids as the trained tokenizer: added the same way
-    return UnitErrorRateCallback(
-        tokenizer, rows["text"], rows["semantic_units"], num_units, every_steps=int(curve.get("every_steps", 100))
-    )
+    every_steps = int(curve.get("every_steps", 100))
+    return UnitErrorRateCallback(tokenizer, texts, [first_reading[t] for t in texts], num_units, every_steps)
 
 
 def train_tts_stage(

@@ -1,0 +1,166 @@
+"""Which semantic units can an LLM learn? On a corpus's held-out split (the same sentences read by every voice):
+
+- units per second, raw and run-length collapsed;
+- normalised edit distance of collapsed units between the same sentence in two voices (should be small) and two
+  sentences in one voice (the scale to compare with);
+- with `--speaking-model` (a folder with `acoustic_lm/`, `codec/` and `duration_predictor/`, trained on the
+  aligned phones): oracle resynthesis of the aligned phones (collapsed units -> predicted durations -> acoustic
+  LM sampled with a voice prompt -> codec), its codec resynthesis and the ground truth, Whisper WER per voice.
+
+Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
+no transcript) and forced-aligned phones (the embedded default).
+
+    python benchmarks/semantic_units_quality.py --corpus CORPUS [--sentences 50] [--speaking-model DIR]
+"""
+
+import argparse
+import itertools
+import statistics
+from collections import defaultdict
+
+import numpy as np
+import torch
+from datasets import load_from_disk
+from rapidfuzz.distance import Levenshtein
+from tqdm.auto import tqdm
+
+from mole_llama.data.audio import decode_audio, without_audio_decoding
+from mole_llama.evaluation.intelligibility import error_rates, transcribe
+from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
+from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
+from mole_llama.modeling.phone_units import TranscriptAlignmentError
+from mole_llama.modeling.speech_units import deduplicate_units
+from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
+
+RATE = 16000
+
+
+def held_out_clips(corpus, sentences: int) -> dict:
+    """`{(voice, text): waveform}` for the first `sentences` test sentences that every voice read."""
+    test = without_audio_decoding(load_from_disk(corpus)["test"], "audio")
+    texts = list(dict.fromkeys(test["text"]))[:sentences]
+    clips = {}
+    for row in test:
+        if row["text"] in texts:
+            clips[(row["voice"], row["text"])] = decode_audio(row["audio"], RATE)[0]
+    return clips
+
+
+def unit_table(tokenizers: dict, clips: dict) -> tuple:
+    voices = sorted({voice for voice, _ in clips})
+    texts = list(dict.fromkeys(text for _, text in clips))
+    seconds = sum(len(w) for w in clips.values()) / RATE
+    rows, aligned = [], {}
+    for name, (tokenizer, needs_text) in tokenizers.items():
+        units = {}
+        for key, waveform in tqdm(clips.items(), desc=name):
+            try:
+                frames = tokenizer.encode(torch.from_numpy(waveform), key[1] if needs_text else None)[0].tolist()
+            except TranscriptAlignmentError:
+                continue
+            units[key] = frames
+        kept = [text for text in texts if all((voice, text) in units for voice in voices)]
+        collapsed = {key: deduplicate_units(frames)[0] for key, frames in units.items()}
+        same_sentence = [
+            Levenshtein.normalized_distance(collapsed[(a, text)], collapsed[(b, text)])
+            for text in kept
+            for a, b in itertools.combinations(voices, 2)
+        ]
+        across = [
+            Levenshtein.normalized_distance(collapsed[(voice, a)], collapsed[(voice, b)])
+            for voice in voices
+            for a, b in zip(kept, kept[1:])
+        ]
+        raw = sum(len(u) for u in units.values()) / seconds
+        short = sum(len(u) for u in collapsed.values()) / seconds
+        rows.append((name, raw, short, statistics.mean(same_sentence), statistics.mean(across), len(kept)))
+        if name == "aligned phones":
+            aligned = {key: collapsed[key] for key in units}
+    return rows, aligned
+
+
+def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
+    """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through durations + acoustic LM."""
+    from mole_llama.modeling.acoustic_codec import load_acoustic_codec
+    from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+    from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
+    from mole_llama.modeling.speech_units import expand_units
+
+    acoustic_lm = AcousticLMForConditionalGeneration.from_pretrained(f"{folder}/acoustic_lm").eval()
+    codec = load_acoustic_codec(f"{folder}/codec")
+    durations = DurationPredictorModel.from_pretrained(f"{folder}/duration_predictor").eval()
+    train = without_audio_decoding(load_from_disk(corpus)["train"], "audio")
+    prompts = {}  # a training clip of each voice (a held-out voice: one of its test clips of another sentence)
+    for row in train:
+        prompts.setdefault(row["voice"], decode_audio(row["audio"], RATE)[0])
+    texts = list(dict.fromkeys(text for _, text in clips))
+    for voice, text in clips:
+        if voice not in prompts:
+            prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
+    heard = defaultdict(lambda: defaultdict(list))
+    torch.manual_seed(0)
+    scored = set(texts[:sentences])
+    for (voice, text), waveform in tqdm(clips.items(), desc="resynthesis"):
+        if (voice, text) not in aligned or text not in scored:
+            continue
+        codes = codec.encode(torch.from_numpy(waveform)[None])
+        prompt = codec.encode(torch.from_numpy(prompts[voice][: 3 * RATE])[None])
+        units = aligned[(voice, text)]
+        frames = expand_units(units, durations.predict(units))
+        generated = acoustic_lm.generate(torch.tensor([frames]), prompt_codes=prompt, temperature=0.4, top_k=10)
+        for name, audio in (
+            ("ground truth", waveform),
+            ("codec resynthesis", codec.decode(codes)[0].numpy()),
+            ("aligned phones -> durations -> acoustic LM", codec.decode(generated)[0].numpy()),
+        ):
+            heard[voice][name].append((text, transcribe(np.asarray(audio, dtype=np.float32), RATE)))
+    rows = []
+    for voice, columns in sorted(heard.items()):
+        rates = {
+            name: error_rates([t for t, _ in pairs], [h for _, h in pairs])["wer"] for name, pairs in columns.items()
+        }
+        rows.append((voice, rates, len(next(iter(columns.values())))))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, help="a build-corpus folder (train and test splits)")
+    parser.add_argument("--sentences", type=int, default=50, help="held-out sentences (each read by every voice)")
+    parser.add_argument("--kmeans-clips", type=int, default=300, help="training clips the log-mel k-means sees")
+    parser.add_argument("--speaking-model", help="folder with acoustic_lm/, codec/, duration_predictor/")
+    parser.add_argument("--resynthesis-sentences", type=int, help="score resynthesis on the first N sentences only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    clips = held_out_clips(args.corpus, args.sentences)
+    train = load_from_disk(args.corpus)["train"].select(range(args.kmeans_clips))
+    logmel = fit_semantic_tokenizer(train, SemanticUnitsConfig(backend="logmel", num_units=1024))
+    recognition = SemanticUnitsConfig(backend="phones", phone_source="recognition")
+    tokenizers = {
+        "log-mel k-means K=1024": (logmel, False),
+        "phone recognition (allphone)": (SemanticUnitsModel(recognition), False),
+        "aligned phones": (SemanticUnitsModel(SemanticUnitsConfig(backend="phones")), True),
+    }
+    rows, aligned = unit_table(tokenizers, clips)
+    voices = sorted({voice for voice, _ in clips})
+    print(f"\n{args.sentences} held-out sentences x {len(voices)} voices ({', '.join(voices)}); collapsed units, "
+          "normalised edit distance\n")  # fmt: skip
+    print("| units | units/s raw | units/s collapsed | same sentence, two voices | two sentences, one voice | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, raw, short, same, across, kept in rows:
+        print(f"| {name} | {raw:.1f} | {short:.1f} | {same:.3f} | {across:.3f} | {same / across:.2f} |")
+    if args.speaking_model:
+        sentences = args.resynthesis_sentences or args.sentences
+        print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled at temperature 0.4, "
+              "top-k 10, 3-s voice prompt)\n")  # fmt: skip
+        table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences)
+        names = list(table[0][1])
+        print("| voice | " + " | ".join(names) + " | ratio to ground truth |")
+        print("|---|" + "---:|" * (len(names) + 1))
+        for voice, rates, count in table:
+            ratio = rates[names[-1]] / max(rates["ground truth"], 1e-9)
+            print(f"| {voice} ({count}) | " + " | ".join(f"{rates[n]:.3f}" for n in names) + f" | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
