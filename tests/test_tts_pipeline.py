@@ -119,6 +119,21 @@ def test_voice_prompt_and_bad_input(tts_dir):
         speaker("Hello.", generate_kwargs={"voice": (np.zeros(32000, np.float32), 16000)})
     with pytest.raises(ValueError, match="text is empty"):
         speaker.model.speak("   ")
+    with pytest.raises(ValueError, match="sampling rate is 0"):
+        speaker.model.voice_prompt((voice, 0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        speaker.model.voice_prompt((np.full(32000, np.nan, np.float32), 16000))
+
+
+def test_stereo_voice_is_mixed_down_in_either_layout(tts_dir):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    t = np.arange(32000) / 16000
+    left = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    right = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    mono = model.voice_prompt(((left + right) / 2, 16000))
+    stereo = np.stack([left, right])
+    assert torch.equal(model.voice_prompt((stereo.T, 16000)), mono)  # (samples, channels)
+    assert torch.equal(model.voice_prompt((stereo, 16000)), mono)  # (channels, samples)
 
 
 def test_long_text_is_split_into_short_pieces():
@@ -127,3 +142,25 @@ def test_long_text_is_split_into_short_pieces():
     assert pieces[0] == "First sentence here." and pieces[-1] == "Last one!"
     assert all(len(piece.split()) <= 30 for piece in pieces)
     assert " ".join(pieces).split() == text.split()
+
+
+def test_a_model_that_speaks_collapsed_units_times_them_with_its_duration_predictor(tts_dir, tmp_path):
+    from mole_llama.modeling.configuration_duration_predictor import DurationPredictorConfig
+    from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
+    from mole_llama.modeling.modeling_tts_llama import UNITS_CAP_MARGIN, UNITS_PER_CHARACTER_CAP
+
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    torch.manual_seed(0)
+    model.speech_parts["duration_predictor"] = DurationPredictorModel(
+        DurationPredictorConfig(num_units=UNITS, hidden_size=8, num_layers=1)
+    ).eval()
+    model.save_pretrained(tmp_path / "collapsed")
+    assert (tmp_path / "collapsed" / "duration_predictor" / "model.safetensors").is_file()
+    loaded = pipeline("text-to-speech", model=str(tmp_path / "collapsed")).model
+    units = [3, 7, 3]
+    durations = loaded.speech_parts["duration_predictor"].predict(units)
+    assert loaded.units_to_frames(units) == [u for u, d in zip(units, durations) for _ in range(d)]
+    assert sum(durations) < sum(loaded.speech_parts["duration_predictor"].predict(units, speed=0.5))
+    # A random LLM rarely ends its segment: the text-length cap stops it, not max_new_tokens.
+    text = "Hi there."
+    assert len(loaded.speech_units(text)) <= int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
