@@ -157,7 +157,7 @@ def main():
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as clips:
         folder = embedded_model_path(args.name, cache_dir=cache)
         model = AutoModelForTextToWaveform.from_pretrained(folder).eval()
-        rates, _ = synthesized_intelligibility(model, test, references, clips, do_sample=False)
+        rates, _ = synthesized_intelligibility(model, test, references, clips)
         truth, _ = ground_truth_intelligibility(test)
     card = card_text(args.name, rates, truth, training_facts(args.adapter), args, time.perf_counter() - started)
     (shipped / "README.md").write_text(card)

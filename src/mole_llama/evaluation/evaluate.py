@@ -24,23 +24,33 @@ def _load_speaking(folder):
     return AutoModelForTextToWaveform.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
-def held_out_speech_examples(test_dataset, semantic_tokenizer_dir):
-    """TTS prompt-completion examples of held-out recordings (their units from the model's own tokenizer)."""
+def held_out_speech_examples(test_dataset, semantic_tokenizer_dir, deduplicate: bool = False):
+    """TTS prompt-completion examples of held-out recordings (their units from the model's own tokenizer, aligned
+    to the transcript where it needs one; recordings it cannot align are left out), collapsed when the model
+    speaks collapsed units."""
     from datasets import Dataset
 
     from ..data.audio import decode_audio, without_audio_decoding
     from ..modeling.modeling_semantic_units import SemanticUnitsModel
+    from ..modeling.phone_units import TranscriptAlignmentError
     from ..training.prepare import encode
     from ..training.sft_data import tts_examples
 
     semantic_tokenizer = SemanticUnitsModel.from_pretrained(semantic_tokenizer_dir).eval()
+    rate_needed = semantic_tokenizer.config.sampling_rate
     rows = []
     for row in without_audio_decoding(test_dataset):
         waveform, rate = decode_audio(row["audio"])
-        with torch.no_grad():
-            units = encode(semantic_tokenizer, waveform, rate, semantic_tokenizer.config.sampling_rate)[0]
+        transcript = row["text"] if semantic_tokenizer.config.needs_transcript else None
+        try:
+            with torch.no_grad():
+                units = encode(semantic_tokenizer, waveform, rate, rate_needed, transcript)[0]
+        except TranscriptAlignmentError:
+            continue
         rows.append({"text": row["text"], "semantic_units": units.tolist()})
-    return tts_examples(Dataset.from_list(rows))
+    if not rows:
+        raise ValueError("no held-out recording could be turned into units: check the corpus's test split")
+    return tts_examples(Dataset.from_list(rows), deduplicate=deduplicate)
 
 
 def evaluate_models(
@@ -114,7 +124,8 @@ def evaluate_models(
     metrics["retention"] = retention
 
     logger.warning("router accuracy ...")
-    speech_examples = held_out_speech_examples(test, Path(mole_dir) / "semantic_tokenizer")
+    collapsed = "duration_predictor" in speakers["MoLE-Llama"].speech_parts
+    speech_examples = held_out_speech_examples(test, Path(mole_dir) / "semantic_tokenizer", deduplicate=collapsed)
     text_rows = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         for q, a in zip(questions[:50], base_answers[:50])

@@ -19,7 +19,9 @@ from .intelligibility import error_rates, transcribe
 
 MIN_REFERENCE_SECONDS = 2.0
 UNIT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50}
-"""How the LLM's units are drawn in evaluation: greedy decoding of 50 Hz units tends to loop on one unit."""
+"""How the LLM's frame-level units are drawn in evaluation: greedy decoding of 50 Hz units tends to loop on one
+unit. A model that speaks collapsed units (it has a duration predictor) decodes with its own defaults (greedy), as
+the pipeline does."""
 MAX_UNITS = 300
 """Cap on units per sentence (6 s at 50 Hz; the corpus's 5-12-word sentences take 2-5 s), so an undertrained
 speech expert that never ends its segment costs bounded time."""
@@ -38,6 +40,14 @@ def voice_references(dataset, voices, audio_column: str = "audio", min_seconds: 
     if missing:
         raise ValueError(f"no clip of at least {min_seconds} s for the voice(s) {missing}: give a larger corpus")
     return references
+
+
+def _unit_settings(model) -> dict:
+    """Sampling and cap for the LLM's units: a model that speaks collapsed units (it has a duration predictor) keeps
+    its own defaults and text-length cap; frame-level units are sampled (`UNIT_SAMPLING`) up to `MAX_UNITS`."""
+    if "duration_predictor" in model.speech_parts:
+        return {}
+    return {**UNIT_SAMPLING, "max_new_tokens": MAX_UNITS}
 
 
 def _units_or_none(model, text: str, llm_kwargs: dict):
@@ -96,11 +106,13 @@ def ground_truth_intelligibility(test_dataset, out_dir=None, audio_column: str =
 
 
 def synthesized_intelligibility(
-    model, test_dataset, references: dict, out_dir, seed: int = 0, max_new_tokens: int = MAX_UNITS, **llm_kwargs
+    model, test_dataset, references: dict, out_dir, seed: int = 0, max_new_tokens: int | None = None, **llm_kwargs
 ) -> tuple:
     """`(rates, rows)` of `model` (a speaking model folder loaded with `AutoModelForTextToWaveform`) reading the
     test sentences in each voice of the test set; every clip is written to `out_dir`."""
-    llm_kwargs = {**UNIT_SAMPLING, **llm_kwargs, "max_new_tokens": max_new_tokens}
+    llm_kwargs = {**_unit_settings(model), **llm_kwargs}
+    if max_new_tokens is not None:
+        llm_kwargs["max_new_tokens"] = max_new_tokens
     voices = sorted(set(test_dataset["voice"]))
     missing = sorted(set(voices) - set(references))
     if missing:
@@ -141,7 +153,7 @@ def spoken_answers(
             raise ValueError(f"the model gave an empty text answer to {question!r}: nothing to speak")
         torch.manual_seed(seed + index)
         try:
-            waveform = speaker.speak(answer, prompt, **UNIT_SAMPLING, max_new_tokens=MAX_UNITS).numpy()
+            waveform = speaker.speak(answer, prompt, **_unit_settings(speaker)).numpy()
         except NoSpeechUnitsError:
             waveform = _silence(speaker)
         heard = _heard(waveform, speaker.sampling_rate)
