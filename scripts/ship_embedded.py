@@ -4,9 +4,8 @@ corpus's held-out sentences in every voice (next to the ground truth), and write
 
     python scripts/ship_embedded.py tts-llama --run OUT --adapter OUT/tts/adapter[/checkpoint-N] --corpus CORPUS
 
-`OUT` is the recipe's output_dir (acoustic_lm/, codec/, duration_predictor/, semantic_tokenizer/). The held-out
-voices of the corpus (no training clip) are prompted with their reading of the last held-out sentence, which is
-then left out of the scores for every voice.
+`OUT` is the recipe's output_dir (acoustic_lm/, codec/, duration_predictor/, semantic_tokenizer/). The scores are
+`mole-llama evaluate-speech`'s (`evaluation.evaluate.evaluate_speech`), so anyone can reproduce them.
 """
 
 import argparse
@@ -22,9 +21,8 @@ import torch
 from datasets import load_from_disk
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from mole_llama.data.audio import decode_audio, without_audio_decoding
 from mole_llama.embedded import embedded_model_path, ship_speaking_model
-from mole_llama.evaluation.speech import ground_truth_intelligibility, synthesized_intelligibility, voice_references
+from mole_llama.evaluation.evaluate import evaluate_speech
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -54,16 +52,6 @@ def training_facts(adapter: Path) -> dict:
         "learning_curve": [(e["step"], round(e["cpu_minutes"], 1), round(e["unit_error_rate"], 3)) for e in curve],
         "losses": [(e["step"], round(e["loss"], 3)) for e in state["log_history"] if "loss" in e],
     }
-
-
-def references_for(corpus, voices, held_out_text) -> dict:
-    """A training clip per training voice; a held-out voice's reading of `held_out_text` (not scored)."""
-    train_voices = set(corpus["train"]["voice"])
-    references = voice_references(corpus["train"], [v for v in voices if v in train_voices])
-    for row in without_audio_decoding(corpus["test"], "audio"):
-        if row["text"] == held_out_text and row["voice"] not in references:
-            references[row["voice"]] = decode_audio(row["audio"])
-    return references
 
 
 def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float) -> str:
@@ -103,7 +91,6 @@ the duration predictor, the acoustic LM and the embedded mel codec, in float16.
 
 ```python
 from transformers import pipeline
-from mole_llama.data.audio import decode_audio, without_audio_decoding
 from mole_llama.embedded import embedded_model_path
 speaker = pipeline("text-to-speech", model=str(embedded_model_path("{name}")))
 ```
@@ -115,7 +102,9 @@ speaker = pipeline("text-to-speech", model=str(embedded_model_path("{name}")))
 {table}
 
 Units: greedy from the LLM; durations: the predictor's medians; acoustic LM sampled at temperature 0.4, top-k 10,
-from a 3-s clip of the voice (held-out voices: never heard in training). Evaluation took {seconds / 60:.1f} min.
+prompted with one 2-5 s clip of the voice (a training clip; for the held-out voice, never heard in training, its
+reading of another held-out sentence). `mole-llama evaluate-speech --corpus CORPUS --sentences {args.sentences}`
+reproduces the table; it took {seconds / 60:.1f} min.
 
 ## Training
 
@@ -144,21 +133,15 @@ def main():
     parser.add_argument("--adapter", required=True, type=Path, help="speech expert adapter (or a checkpoint of it)")
     parser.add_argument("--corpus", required=True, help="the build-corpus folder (its test split is scored)")
     parser.add_argument("--sentences", type=int, default=50)
+    parser.add_argument("--out", type=Path, help="keep the evaluation's clips and metrics.json here")
     args = parser.parse_args()
-    from transformers import AutoModelForTextToWaveform
 
     shipped = ship_speaking_model(args.name, args.adapter, parts_of(args.run), card="(measuring)")
-    corpus = load_from_disk(args.corpus)
-    texts = list(dict.fromkeys(corpus["test"]["text"]))[: args.sentences + 1]
-    scored = set(texts[:-1])
-    test = corpus["test"].filter(lambda text: text in scored, input_columns=["text"])
-    references = references_for(corpus, sorted(set(test["voice"])), texts[-1])
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as clips:
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as scratch:
         folder = embedded_model_path(args.name, cache_dir=cache)
-        model = AutoModelForTextToWaveform.from_pretrained(folder).eval()
-        rates, _ = synthesized_intelligibility(model, test, references, clips)
-        truth, _ = ground_truth_intelligibility(test)
+        metrics = evaluate_speech(folder, load_from_disk(args.corpus), args.out or scratch, args.sentences)
+    rates, truth = metrics["intelligibility"]["TTS-Llama"], metrics["intelligibility"]["ground truth"]
     card = card_text(args.name, rates, truth, training_facts(args.adapter), args, time.perf_counter() - started)
     (shipped / "README.md").write_text(card)
     ModelCard.load(shipped / "README.md")  # parses

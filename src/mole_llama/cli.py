@@ -134,6 +134,29 @@ def cmd_evaluate(args) -> None:
     print(write_report(metrics, args.out, dict(args.training_runs), header=args.header or ""))
 
 
+def cmd_evaluate_speech(args) -> None:
+    from datasets import load_from_disk
+
+    from .evaluation.evaluate import evaluate_speech
+    from .evaluation.report import intelligibility_table
+
+    model = args.tts
+    if not model:
+        from .embedded import embedded_model_path
+
+        model = embedded_model_path("tts-llama")
+    metrics = evaluate_speech(model, load_from_disk(args.corpus), args.out, args.sentences, args.seed)
+    voices = ", ".join(metrics["settings"]["voices"])
+    report = Path(args.out) / "REPORT.md"
+    report.write_text(
+        f"# Intelligibility of {model}\n\n{args.sentences} held-out sentences in every voice ({voices}); "
+        f"Whisper tiny.en, pocketsphinx as a second opinion; clips in audio/.\n\n"
+        + intelligibility_table(metrics["intelligibility"])
+        + "\n"
+    )
+    print(report)
+
+
 def cmd_export(args) -> None:
     from .conversion.hub import export_for_hub
 
@@ -419,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--header", help="text put at the top of REPORT.md")
     command.add_argument("--seed", type=int, default=0)
     command.set_defaults(run=cmd_evaluate)
+
+    command = commands.add_parser("evaluate-speech", help="intelligibility of one speaking model -> REPORT.md")
+    command.add_argument("--tts", help="speaking model folder (default: the shipped TTS-Llama)")
+    command.add_argument("--corpus", required=True, help="speech corpus folder (build-corpus): its test split")
+    command.add_argument("--out", required=True, help="where metrics.json, REPORT.md and WAVs go")
+    command.add_argument("--sentences", type=int, default=8, help="held-out sentences to speak (in every voice)")
+    command.add_argument("--seed", type=int, default=0)
+    command.set_defaults(run=cmd_evaluate_speech)
 
     command = commands.add_parser("merge-expert", help="fold one expert into the weights of a speaking model")
     command.add_argument("--model", required=True, help="speaking model folder (e.g. tts/model)")

@@ -67,18 +67,16 @@ def evaluate_models(
 ) -> dict:
     """Measure everything on the corpus's `test` split and the QA data's `eval`/`known` splits; write the clips
     under `out_dir/audio/` and the numbers to `out_dir/metrics.json`; return them."""
-    from ..data.audio import without_audio_decoding
     from ..training.sft_data import text_examples
     from .retention import accuracy, agreement, greedy_answers, teacher_forced_divergence
     from .routing import expert_weight_trace, router_accuracy
-    from .speech import ground_truth_intelligibility, spoken_answers, synthesized_intelligibility, voice_references
+    from .speech import ground_truth_intelligibility, held_out_sentences, spoken_answers, synthesized_intelligibility
 
     out_dir = Path(out_dir)
     if len(qa["eval"]) < num_prompts:
         raise ValueError(f"the QA data has {len(qa['eval'])} evaluation prompts, fewer than {num_prompts} asked")
-    sentences = list(dict.fromkeys(corpus["test"]["text"]))[:num_sentences]
-    test = without_audio_decoding(corpus["test"]).filter(lambda row: row["text"] in set(sentences))
-    references = voice_references(corpus["train"], sorted(set(test["voice"])))
+    test, references = held_out_sentences(corpus, num_sentences)
+    sentences = list(dict.fromkeys(test["text"]))
 
     base_tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
@@ -155,3 +153,23 @@ def evaluate_models(
 
 
 __all__ = ["evaluate_models", "held_out_speech_examples"]
+
+
+def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int = 0) -> dict:
+    """Intelligibility of one speaking folder alone (no QA data needed): the corpus's held-out sentences in every
+    voice, held-out voices included, next to the ground truth; clips under `out_dir/audio/`, numbers in
+    `out_dir/metrics.json`."""
+    from .speech import ground_truth_intelligibility, held_out_sentences, synthesized_intelligibility
+
+    out_dir = Path(out_dir)
+    test, references = held_out_sentences(corpus, num_sentences)
+    truth, _ = ground_truth_intelligibility(test, out_dir / "audio/gt")
+    rates, clips = synthesized_intelligibility(_load_speaking(tts_dir), test, references, out_dir / "audio/tts", seed)
+    metrics = {
+        "settings": {"sentences": num_sentences, "voices": sorted(set(test["voice"])), "seed": seed},
+        "intelligibility": {"ground truth": truth, "TTS-Llama": rates},
+        "clips": {"TTS-Llama": clips},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -42,6 +42,27 @@ def voice_references(dataset, voices, audio_column: str = "audio", min_seconds: 
     return references
 
 
+def held_out_sentences(corpus, num_sentences: int, audio_column: str = "audio") -> tuple:
+    """`(test, references)`: the corpus's `test` rows of its first `num_sentences` held-out sentences (every voice),
+    and a reference clip per voice: a training clip, or for a held-out voice (no training clip) its reading of the
+    next held-out sentence, which is then not among the scored ones."""
+    texts = list(dict.fromkeys(corpus["test"]["text"]))
+    if len(texts) < num_sentences:
+        raise ValueError(f"the corpus has {len(texts)} held-out sentences, fewer than the {num_sentences} asked")
+    scored = set(texts[:num_sentences])
+    test = without_audio_decoding(corpus["test"], audio_column).filter(lambda t: t in scored, input_columns=["text"])
+    voices = sorted(set(test["voice"]))
+    trained = [voice for voice in voices if voice in set(corpus["train"]["voice"])]
+    references = voice_references(corpus["train"], trained, audio_column) if trained else {}
+    if len(references) < len(voices):
+        if len(texts) == num_sentences:
+            raise ValueError("held-out voices need one more held-out sentence for their reference: ask for fewer")
+        for row in without_audio_decoding(corpus["test"], audio_column):
+            if row["text"] == texts[num_sentences] and row["voice"] not in references:
+                references[row["voice"]] = decode_audio(row[audio_column])
+    return test, references
+
+
 def _unit_settings(model) -> dict:
     """Sampling and cap for the LLM's units: a model that speaks collapsed units (it has a duration predictor) keeps
     its own defaults and text-length cap; frame-level units are sampled (`UNIT_SAMPLING`) up to `MAX_UNITS`."""
