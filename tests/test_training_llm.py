@@ -143,6 +143,28 @@ def test_speech_expert_with_the_fast_settings_learns_and_logs_its_learning_curve
     assert logged[-1]["cpu_minutes"] > logged[0]["cpu_minutes"] > 0
 
 
+def test_training_continues_from_a_saved_adapter(speech_expert, base_dir, tmp_path):
+    """A later session starts from the shipped adapter's weights (float16 there): with a zero learning rate the
+    saved result is that adapter, to float16 precision."""
+    from safetensors.torch import load_file, save_file
+
+    earlier, _ = speech_expert
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "adapter_config.json").write_text((earlier / "adapter_config.json").read_text())
+    weights = load_file(earlier / "adapter_model.safetensors")
+    save_file({key: value.half() for key, value in weights.items()}, half / "adapter_model.safetensors")
+    args = sft_args(tmp_path / "again", max_steps=1, learning_rate=0.0)
+    train_expert(base_dir, tts_examples(speech_rows(8)), args, LORA, num_speech_units=UNITS, init_adapter=half)
+    again = load_file(tmp_path / "again" / "adapter_model.safetensors")
+    assert again.keys() == weights.keys()
+    for key, value in weights.items():
+        torch.testing.assert_close(again[key], value.half().float(), rtol=0, atol=0)
+    wider = ExpertLoraSettings(r=8, lora_alpha=16, lora_dropout=0.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        train_expert(base_dir, tts_examples(speech_rows(8)), args, wider, num_speech_units=UNITS, init_adapter=half)
+
+
 def test_unit_rows_start_from_the_tokens_that_spell_their_names(base_dir):
     model, tokenizer, rows = load_base_for_expert(base_dir, UNITS, unit_names=[f"AH{u}" for u in range(UNITS)])
     speech = SpeechTokenIds.from_tokenizer(tokenizer, UNITS)

@@ -275,6 +275,7 @@ def cmd_train_tts(args) -> None:
         codec_dir=_optional_folder(recipe, args.codec, "codec"), resume=args.resume,
         duration_predictor_dir=_optional_folder(recipe, args.duration_predictor, "duration_predictor"),
         eval_prepared=load_any_dataset(args.eval_dataset) if args.eval_dataset else None,
+        init_adapter=args.init_adapter,
     )  # fmt: skip
     if "model" not in written:
         print("note: no acoustic LM / codec found, so only the adapter was written", file=sys.stderr)
@@ -386,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--codec", help="folder of train-codec (to bundle a speaking model)")
     command.add_argument("--duration-predictor", help="folder of train-duration (to bundle a speaking model)")
     command.add_argument("--eval-dataset", help="held-out prepared rows: log the greedy unit error rate as it trains")
+    command.add_argument(
+        "--init-adapter",
+        help="start from this adapter's weights (e.g. src/mole_llama/embedded/weights/tts-llama/"
+        "speech_expert) to continue an earlier session's training",
+    )
     command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     command = stage("train-text", "train the text expert on a chat (messages) dataset", cmd_train_text)
     command.add_argument("--messages-column", default="messages")

@@ -7,6 +7,7 @@ tokenizer, which `build_mole_from_adapters` (or `mole-llama build-mole`) turns i
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -135,6 +136,25 @@ def _rows_from_names(model, tokenizer, first_unit: int, names: list, num_units: 
             table[first_unit + unit] = table[spelled].mean(dim=0)
 
 
+def _load_adapter_weights(peft_model, adapter_dir) -> None:
+    """Start `peft_model` from the weights of a saved adapter (any float dtype), refusing one of another shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{adapter_dir} holds no adapter_model.safetensors: give a saved PEFT adapter folder")
+    state = load_file(weights)
+    expected = {key for key, _ in peft_model.named_parameters() if _.requires_grad}
+    try:
+        result = set_peft_model_state_dict(peft_model, state)
+    except RuntimeError as error:  # shape mismatch: another rank or unit count
+        raise ValueError(f"{adapter_dir} does not fit this expert's LoRA settings: {str(error)[:300]}") from error
+    missing = [key for key in result.missing_keys if key in expected]
+    if missing:
+        raise ValueError(f"{adapter_dir} lacks {len(missing)} trained weights of this expert, e.g. {missing[0]}")
+
+
 def train_expert(
     base_model,
     train_dataset,
@@ -146,6 +166,7 @@ def train_expert(
     callbacks: list | None = None,
     unit_names: list | None = None,
     speech_vocabulary_loss: bool = False,
+    init_adapter=None,
 ) -> SFTTrainer:
     """Fine-tune one LoRA expert on prompt-completion examples and save the adapter (with the tokenizer) in
     `args.output_dir`.
@@ -160,6 +181,8 @@ def train_expert(
         unit_names: a name per unit (phones), to start the unit rows from the text tokens that spell them.
         speech_vocabulary_loss: the speech expert's loss over the unit tokens and end marker only
             (`TokenRowsSFTTrainer`), instead of over the whole vocabulary.
+        init_adapter: an adapter folder of the same shape (e.g. the shipped speech expert) to start from instead of
+            a fresh LoRA: training goes on across sessions and machines without checkpoints or optimizer state.
 
     Returns the trainer: `trainer.state.log_history` holds the losses, `trainer.model` the PEFT model.
     """
@@ -184,6 +207,8 @@ def train_expert(
         callbacks=callbacks,
         **extra,
     )
+    if init_adapter is not None and not resume_from_checkpoint:
+        _load_adapter_weights(trainer.model, init_adapter)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():

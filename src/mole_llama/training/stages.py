@@ -234,11 +234,13 @@ def train_tts_stage(
     resume=False,
     duration_predictor_dir=None,
     eval_prepared=None,
+    init_adapter=None,
 ) -> dict:
     """The speech expert: `out/adapter` (PEFT), and with the speech parts `out/model`, a TTS-Llama folder that
     `pipeline("text-to-speech")` loads. Returns the written folders. With `eval_prepared` (held-out prepared
     rows), the learning curve (greedy unit error rate on `tts_expert.learning_curve.texts` of them, every
-    `every_steps` steps) is logged beside the losses.
+    `every_steps` steps) is logged beside the losses. `init_adapter` (e.g. the shipped speech expert) continues
+    training from that adapter's weights.
 
     Recipe switches of `tts_expert` (measured in benchmarks/bench_tts_learning.py): `deduplicate_units` (speak
     collapsed units, timed by the duration predictor), `speech_vocabulary_loss` (softmax over the speech tokens
@@ -262,6 +264,7 @@ def train_tts_stage(
         base, _tts_examples(recipe, prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
         resume_from_checkpoint=_resume(adapter_dir, resume), unit_names=unit_names,
         speech_vocabulary_loss=bool(settings.get("speech_vocabulary_loss")), callbacks=callbacks,
+        init_adapter=init_adapter,
     )  # fmt: skip
     written = {"adapter": adapter_dir}
     if speaking and trainer.is_world_process_zero():
