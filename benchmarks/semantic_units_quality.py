@@ -49,7 +49,6 @@ def held_out_clips(corpus, sentences: int) -> dict:
 def unit_table(tokenizers: dict, clips: dict) -> tuple:
     voices = sorted({voice for voice, _ in clips})
     texts = list(dict.fromkeys(text for _, text in clips))
-    seconds = sum(len(w) for w in clips.values()) / RATE
     rows, aligned = [], {}
     for name, (tokenizer, needs_text) in tokenizers.items():
         units = {}
@@ -71,6 +70,7 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
             for voice in voices
             for a, b in zip(kept, kept[1:])
         ]
+        seconds = sum(len(clips[key]) for key in units) / RATE  # the clips it could encode
         raw = sum(len(u) for u in units.values()) / seconds
         short = sum(len(u) for u in collapsed.values()) / seconds
         rows.append((name, raw, short, statistics.mean(same_sentence), statistics.mean(across), len(kept)))

@@ -85,7 +85,7 @@ def run(*argv):
     main([str(a) for a in argv])
 
 
-def test_every_stage_runs_from_the_command_line(workspace, capsys):
+def test_every_stage_runs_from_the_command_line(workspace, capsys, monkeypatch):
     recipe, out = workspace / "recipe.yaml", workspace / "out"
     run("fit-semantic-tokenizer", "--config", recipe, "--dataset", workspace / "speech")
     run("train-codec", "--config", recipe, "--dataset", workspace / "speech")
@@ -111,11 +111,19 @@ def test_every_stage_runs_from_the_command_line(workspace, capsys):
     assert capsys.readouterr().out.strip() == str(wav)
     waveform, rate = soundfile.read(wav)
     assert rate == 16000 and len(waveform) > 0 and np.abs(waveform).max() <= 1.0
-    # a tiny random model answers only blank lines: --speak says so instead of writing an empty WAV
+    # text in, speech out: the answer is printed and said
     answer_wav = workspace / "answer.wav"
-    with pytest.raises(SystemExit):
-        run("ask", "What is 2 plus 3?", "-m", out / "mole", "--speak", "-o", answer_wav, "--max-new-tokens", 4)
-    assert "empty answer: nothing to speak" in capsys.readouterr().err and not answer_wav.exists()
+    run("ask", "What is 2 plus 3?", "-m", out / "mole", "--speak", "-o", answer_wav, "--max-new-tokens", 4)
+    printed = capsys.readouterr()
+    assert printed.out.strip() and printed.err.strip().endswith(str(answer_wav))
+    assert soundfile.read(answer_wav)[1] == 16000
+    # an empty answer is refused instead of written as an empty WAV
+    empty_wav = workspace / "empty.wav"
+    with monkeypatch.context() as patch:
+        patch.setattr("mole_llama.chat.greedy_chat_reply", lambda *args, **kwargs: torch.zeros(0, dtype=torch.long))
+        with pytest.raises(SystemExit):
+            run("ask", "What is 2 plus 3?", "-m", out / "mole", "--speak", "-o", empty_wav)
+    assert "empty answer: nothing to speak" in capsys.readouterr().err and not empty_wav.exists()
 
 
 def test_resume_picks_up_the_latest_checkpoint(workspace, capsys):

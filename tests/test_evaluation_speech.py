@@ -34,6 +34,7 @@ class EchoSpeaker:
     voice's recording. Counts the calls, so the test can check units are made once per sentence."""
 
     sampling_rate = 16000
+    speech_parts = {}  # no duration predictor: it speaks frame-level units
 
     def __init__(self, recordings, silent=()):
         self.recordings, self.silent, self.unit_calls = recordings, set(silent), []

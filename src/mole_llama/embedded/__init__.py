@@ -119,6 +119,18 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
     shutil.copy(shipped / "README.md", out / "README.md")
 
 
+def _save_adapter_weights(weights: Path, folder: Path) -> None:
+    """The adapter's LoRA and trained-row weights in float16, without the whole embedding tables a trainer
+    checkpoint adds (PEFT's save_embedding_layers="auto", ~230 MB for SmolLM2): their old rows are the base's and
+    the trained rows are kept apart (`trainable_tokens_delta`)."""
+    tensors = {
+        key: value.half()
+        for key, value in load_file(weights).items()
+        if not key.endswith(("embed_tokens.token_adapter.base_layer.weight", "lm_head.token_adapter.base_layer.weight"))
+    }
+    save_file(tensors, folder / "adapter_model.safetensors")
+
+
 def _save_half(model, folder: Path) -> None:
     """Save a speech part with its weights in float16 (loaded back as float32)."""
     model.save_pretrained(folder)
@@ -150,8 +162,7 @@ def ship_speaking_model(
     for folder_name, adapter in experts.items():
         (out / folder_name).mkdir()
         shutil.copy(Path(adapter) / "adapter_config.json", out / folder_name / "adapter_config.json")
-        tensors = load_file(Path(adapter) / "adapter_model.safetensors")
-        save_file({k: v.half() for k, v in tensors.items()}, out / folder_name / "adapter_model.safetensors")
+        _save_adapter_weights(Path(adapter) / "adapter_model.safetensors", out / folder_name)
     for part in SPEECH_PARTS:
         _save_half(parts[part], out / part)
     if name == "mole-llama":
