@@ -16,10 +16,10 @@ from mole_llama.evaluation.intelligibility import error_rates, transcribe
 pytestmark = pytest.mark.slow
 SHIPPED = WEIGHTS_DIR / "tts-llama"
 MAX_SHIPPED_MB = 40
-# Whisper WER of the shipped TTS-Llama on these 8 held-out sentences, greedy units, no voice prompt: measured
-# 2026-12-01 (see MEASURED_WER); the bound leaves margin for other machines' arithmetic.
-MEASURED_WER = None
-MAX_WER = 0.6
+# Whisper WER of the shipped TTS-Llama (400 steps) on these 8 held-out sentences, greedy units, no voice prompt:
+# 0.554 measured 2026-12-01 (ground truth ~0.15; a model that says nothing scores 1.0). The bound leaves margin for
+# other machines' arithmetic and the acoustic LM's sampling.
+MAX_WER = 0.8
 
 
 @pytest.fixture(scope="module")
