@@ -132,8 +132,11 @@ def _save_adapter_weights(weights: Path, folder: Path) -> None:
 
 
 def _save_half(model, folder: Path) -> None:
-    """Save a speech part with its weights in float16 (loaded back as float32)."""
+    """Save a speech part with its weights in float16 (loaded back as float32), without the remote-code copies
+    `save_pretrained` adds: the package's own classes load these parts, and the assembled folder gets fresh code."""
     model.save_pretrained(folder)
+    for code in folder.glob("*.py"):
+        code.unlink()
     weights = folder / "model.safetensors"
     tensors = {key: value.half() if value.is_floating_point() else value for key, value in load_file(weights).items()}
     save_file(tensors, weights, metadata={"format": "pt"})
