@@ -164,3 +164,57 @@ def test_a_model_that_speaks_collapsed_units_times_them_with_its_duration_predic
     # A random LLM rarely ends its segment: the text-length cap stops it, not max_new_tokens.
     text = "Hi there."
     assert len(loaded.speech_units(text)) <= int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the LLM ran although the request was out of range")
+
+
+def test_caps_out_of_range_are_refused_before_the_llm_runs(tts_dir, monkeypatch):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    monkeypatch.setattr(model, "speech_units", _never_called)
+    for bad in (0, -3, 10**6, 1.5, "12", True):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            model.speak("Hello there.", max_new_tokens=bad)
+    # a voice prompt that leaves no room in the acoustic LM's positions for the piece's frames
+    monkeypatch.setattr(model.speech_parts["acoustic_lm"].config, "max_position_embeddings", 64)
+    prompt = torch.zeros(60, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="shorter voice prompt"):
+        model.speak("Hello there.", prompt)
+
+
+def test_runaway_durations_are_cut_at_the_text_frame_cap(tts_dir, caplog):
+    from mole_llama.modeling.configuration_duration_predictor import DurationPredictorConfig
+    from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
+
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    predictor = DurationPredictorModel(DurationPredictorConfig(num_units=UNITS, hidden_size=8, num_layers=1)).eval()
+    for parameter in predictor.parameters():  # every unit predicted to last max_duration frames
+        torch.nn.init.zeros_(parameter)
+    torch.nn.init.constant_(predictor.head.bias, 10.0)
+    model.speech_parts["duration_predictor"] = predictor
+    text = "Hi."
+    assert len(model.units_to_frames([1, 2, 3])) == 3 * predictor.config.max_duration
+    cap = model.frame_cap(text)
+    with caplog.at_level("WARNING"):
+        audio = model.speak(text, max_new_tokens=6)
+    assert "cut at" in caplog.text
+    codec = model.speech_parts["codec"]
+    samples_per_frame = codec.sampling_rate / model.speech_parts["acoustic_lm"].config.acoustic_frame_rate
+    assert len(audio) == pytest.approx(cap * samples_per_frame, rel=0.05)
+    assert model.frame_cap(text, speed=0.5) == 2 * cap
+    del model.speech_parts["duration_predictor"]
+
+
+def test_a_long_text_is_spoken_piece_by_piece_with_a_progress_bar(tts_dir, capsys):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    sentence = "The quick brown fox jumps over the lazy dog."
+    short = model.speak(sentence, seed=0)
+    capsys.readouterr()
+    text = " ".join([sentence] * 8)
+    assert split_text(text) == [sentence] * 8
+    torch.manual_seed(0)
+    audio = model.speak(text)
+    assert "speaking" in capsys.readouterr().err
+    pause = int(0.15 * model.sampling_rate)
+    assert len(audio) == pytest.approx(8 * len(short) + 7 * pause, rel=0.5)

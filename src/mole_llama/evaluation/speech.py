@@ -144,8 +144,9 @@ def synthesized_intelligibility(
     for index, text in enumerate(tqdm(sentences, desc="speaking held-out sentences")):
         torch.manual_seed(seed + index)
         units = _units_or_none(model, text, llm_kwargs)
+        max_frames = model.frame_cap(text, **llm_kwargs)
         for voice in voices:
-            waveform = model.units_to_waveform(units, prompts[voice]).numpy() if units else _silence(model)
+            waveform = model.units_to_waveform(units, prompts[voice], max_frames).numpy() if units else _silence(model)
             rows.append(
                 {
                     "voice": voice,

@@ -9,11 +9,14 @@ calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
 Self-contained (torch, transformers, huggingface_hub and sibling files) for `trust_remote_code=True`.
 """
 
+import logging
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LogitsProcessorList
 
 from .acoustic_codec import load_acoustic_codec
@@ -28,10 +31,15 @@ MAX_CHUNK_WORDS = 30
 UNITS_PER_CHARACTER_CAP, UNITS_CAP_MARGIN = 1.5, 16
 """Collapsed units the LLM may speak for a text: measured 0.72 per character (median), 1.0 at most, on 4,601
 training sentences; without this cap a model that misses its end marker runs to max_new_tokens."""
+FRAMES_PER_CHARACTER_CAP, FRAMES_CAP_MARGIN = 8.0, 50
+"""Acoustic frames a text may last (at speed 1): measured 3.4 per character (median), 5.7 at most, on the same
+sentences; it stops an untrained duration predictor from asking the acoustic LM for minutes of speech."""
+PROGRESS_MIN_PIECES = 4
 PAUSE_SECONDS = 0.15
 MIN_VOICE_SECONDS = 1.0
 ACOUSTIC_TEMPERATURE, ACOUSTIC_TOP_K = 0.4, 10
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+logger = logging.getLogger(__name__)
 
 
 class NoSpeechUnitsError(ValueError):
@@ -130,7 +138,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         if seed is not None:
             torch.manual_seed(seed)
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
-        audio = [self.speak(text, prompt_codes, **kwargs) for text in texts]
+        plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]  # every text checked first
+        audio = [self.speak_pieces(pieces, prompt_codes, **kwargs) for pieces in plans]
         return {"audio": audio if len(audio) > 1 else audio[0][None], "sampling_rate": self.sampling_rate}
 
     def voice_prompt(self, voice) -> torch.LongTensor:
@@ -165,17 +174,76 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
     def speak(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
         """One text to one waveform (1-D float tensor), sentence by sentence."""
+        return self.speak_pieces(self.plan_pieces(text, prompt_codes, **kwargs), prompt_codes, **kwargs)
+
+    def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
+        """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
+        (LLM units, acoustic frames) fit the models' positions."""
         pieces = split_text(text)
         if not pieces:
             raise ValueError("text is empty: give at least one word")
+        max_new_tokens = kwargs.get("max_new_tokens")
+        if max_new_tokens is not None:
+            if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+                raise ValueError(f"max_new_tokens={max_new_tokens!r}: give a whole number of speech units")
+            room = self.config.max_position_embeddings - self.prompt_length(max(pieces, key=len))
+            if not 1 <= max_new_tokens <= room:
+                raise ValueError(
+                    f"max_new_tokens={max_new_tokens} is out of range: give 1 to {room} (the LLM's "
+                    f"max_position_embeddings={self.config.max_position_embeddings} less the prompt), or leave it "
+                    "unset for the cap from the text's length"
+                )
+        acoustic = self.speech_parts["acoustic_lm"].config
+        prompt_frames = 0 if prompt_codes is None else len(prompt_codes)
+        for piece in pieces:
+            frames = self.frame_cap(piece, **kwargs)
+            if prompt_frames + frames > acoustic.max_position_embeddings:
+                raise ValueError(
+                    f"a piece of {len(piece)} characters may need {frames} acoustic frames, and the voice prompt "
+                    f"has {prompt_frames}: more than the acoustic LM's max_position_embeddings="
+                    f"{acoustic.max_position_embeddings}; give a shorter voice prompt, shorter sentences or a "
+                    "higher speed"
+                )
+        return pieces
+
+    def prompt_length(self, text: str) -> int:
+        instruction = getattr(self.config, "tts_instruction", None) or TTS_INSTRUCTION
+        return len(tts_prompt_ids(self.speech_parts["tokenizer"], text, self.speech_ids, instruction))
+
+    def units_cap(self, text: str, **kwargs) -> int:
+        """The most units the LLM may speak for `text`: `max_new_tokens` when given, else (collapsed units) the
+        text-length cap, or the generation config's `max_new_tokens` (frame-level units)."""
+        if kwargs.get("max_new_tokens") is not None:
+            return kwargs["max_new_tokens"]
+        default = self.generation_config.max_new_tokens
+        if "duration_predictor" not in self.speech_parts:
+            return default
+        cap = int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
+        return min(cap, default or cap)
+
+    def frame_cap(self, text: str, **kwargs) -> int:
+        """The most acoustic frames `text` may last: from its length (timed units; `speed` divides it), or its
+        units cap at the acoustic LM's frame rate (frame-level units)."""
+        acoustic = self.speech_parts["acoustic_lm"].config
+        if "duration_predictor" not in self.speech_parts:
+            return math.ceil(self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate)
+        speed = kwargs.get("speed", 1.0)
+        if not speed > 0:
+            raise ValueError(f"speed={speed}: give a positive factor (1.0 = as trained, 1.2 = 20% faster)")
+        return math.ceil((FRAMES_PER_CHARACTER_CAP * len(text) + FRAMES_CAP_MARGIN) / speed)
+
+    def speak_pieces(self, pieces: list, prompt_codes=None, **kwargs) -> torch.Tensor:
+        """Checked pieces (`plan_pieces`) to one waveform joined by short pauses; a progress bar for long texts."""
         pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
         waves = []
-        for piece in pieces:
+        progress = tqdm(pieces, desc="speaking", unit="piece", disable=len(pieces) < PROGRESS_MIN_PIECES)
+        for piece in progress:
             waves += [self.speak_piece(piece, prompt_codes, **kwargs), pause]
         return torch.cat(waves[:-1])
 
     def speak_piece(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
-        return self.units_to_waveform(self.speech_units(text, **kwargs), prompt_codes, **kwargs)
+        units = self.speech_units(text, **kwargs)
+        return self.units_to_waveform(units, prompt_codes, max_frames=self.frame_cap(text, **kwargs), **kwargs)
 
     def speech_units(self, text: str, **kwargs) -> list:
         """The LLM's semantic units for one short text (generation settings from `LLM_GENERATE_KEYS`)."""
@@ -183,9 +251,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         instruction = getattr(self.config, "tts_instruction", None) or TTS_INSTRUCTION
         prompt = torch.tensor([tts_prompt_ids(tokenizer, text, speech, instruction)], device=self.device)
         llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
-        if "duration_predictor" in self.speech_parts and "max_new_tokens" not in llm_kwargs:
-            cap = int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
-            llm_kwargs["max_new_tokens"] = min(cap, self.generation_config.max_new_tokens or cap)
+        llm_kwargs["max_new_tokens"] = self.units_cap(text, **kwargs)
         generated = super().generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
@@ -210,12 +276,20 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         )
         return expand_units(units, durations)
 
-    def units_to_waveform(self, units, prompt_codes=None, **kwargs) -> torch.Tensor:
+    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, **kwargs) -> torch.Tensor:
         """Semantic units -> frames (durations) -> acoustic codes (acoustic LM, in the voice of `prompt_codes`) ->
-        waveform. Sampling defaults (temperature 0.4, top-k 10) are the settings measured best in benchmarks/."""
-        units = self.units_to_frames(units, **kwargs)
+        waveform. Frames past `max_frames` (`frame_cap` of the text) are cut, with a warning. Sampling defaults
+        (temperature 0.4, top-k 10) are the settings measured best in benchmarks/."""
+        frames = self.units_to_frames(units, **kwargs)
+        if max_frames is not None and len(frames) > max_frames:
+            rate = self.speech_parts["acoustic_lm"].config.acoustic_frame_rate
+            logger.warning(
+                "the units' durations come to %d frames, more than the text's cap of %d (an undertrained duration "
+                "predictor?): the speech is cut at %.1f s", len(frames), max_frames, max_frames / rate
+            )
+            frames = frames[:max_frames]
         codes = self.speech_parts["acoustic_lm"].generate(
-            torch.tensor([list(units)]),
+            torch.tensor([frames]),
             prompt_codes=None if prompt_codes is None else prompt_codes[None],
             temperature=kwargs.get("acoustic_temperature", ACOUSTIC_TEMPERATURE),
             top_k=kwargs.get("acoustic_top_k", ACOUSTIC_TOP_K),

@@ -13,7 +13,8 @@ from ..chat import greedy_speech_units, unit_error_rate
 
 class UnitErrorRateCallback(TrainerCallback):
     """Every `every_steps` optimizer steps (and at the end), decode `texts` greedily and log `unit_error_rate`
-    against `reference_units` (both run-length collapsed), with the process's CPU minutes and the wall minutes."""
+    against `reference_units` (both run-length collapsed), with the CPU minutes and the wall minutes spent training.
+    A run resumed from a checkpoint counts on from the minutes its restored `log_history` last logged."""
 
     def __init__(self, tokenizer, texts: list, reference_units: list, num_units: int, every_steps: int = 100):
         if len(texts) != len(reference_units) or not texts:
@@ -24,6 +25,7 @@ class UnitErrorRateCallback(TrainerCallback):
         self.num_units, self.every_steps = num_units, every_steps
         self.longest = max(len(units) for units in self.references)
         self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
+        self.cpu_before = self.wall_before = 0.0
 
     def measure(self, model) -> float:
         hypotheses = greedy_speech_units(
@@ -35,11 +37,17 @@ class UnitErrorRateCallback(TrainerCallback):
         entry = {
             "step": state.global_step,
             "unit_error_rate": self.measure(model),
-            "cpu_minutes": (time.process_time() - self.cpu_start) / 60,
-            "wall_minutes": (time.perf_counter() - self.wall_start) / 60,
+            "cpu_minutes": self.cpu_before + (time.process_time() - self.cpu_start) / 60,
+            "wall_minutes": self.wall_before + (time.perf_counter() - self.wall_start) / 60,
         }
         state.log_history.append(entry)
         print(f"[learning curve] {entry}", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        earlier = [entry for entry in state.log_history if "cpu_minutes" in entry]
+        if earlier:
+            self.cpu_before, self.wall_before = earlier[-1]["cpu_minutes"], earlier[-1]["wall_minutes"]
+        self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0 and state.is_world_process_zero:
