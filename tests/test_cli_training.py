@@ -168,7 +168,7 @@ def test_shipped_recipes_build_their_trainer_arguments(name):
             sft_config(recipe, "tts_expert", "x").bf16 and sft_config(recipe, "tts_expert", "x").gradient_checkpointing
         )
         assert recipe["semantic_tokenizer"]["config"]["num_units"] == 4096
-        accelerate = yaml.safe_load((RECIPES_DIR.parent / recipe["accelerate_config"]).read_text())
+        accelerate = yaml.safe_load((RECIPES_DIR / recipe["accelerate_config"]).read_text())
         assert accelerate["num_processes"] == 8 and accelerate["distributed_type"] == "FSDP"
     # an override reaches one stage only, even where the file shares settings between stages (YAML anchors)
     changed = load_recipe(name, cpu * (name == "paper") + ["tts_expert.training.max_steps=3"])

@@ -174,7 +174,7 @@ def train_expert(
     Args:
         base_model: folder or Hub id of the Llama instruct base.
         train_dataset: examples from `tts_examples` (speech expert) or `text_examples` (text expert).
-        args: TRL's `SFTConfig` (see `recipes/` for the paper's and the embedded settings).
+        args: TRL's `SFTConfig` (see `mole_llama/recipes/` for the paper's and the embedded settings).
         lora: rank, alpha, dropout, targets (default: the paper's).
         num_speech_units: K for the speech expert (its unit tokens are added and trained); None for a text expert.
         resume_from_checkpoint: a checkpoint folder, or True for the latest in `args.output_dir`.

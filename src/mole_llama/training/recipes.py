@@ -1,4 +1,4 @@
-"""Training recipes: one YAML file per scale (`recipes/paper.yaml`, `recipes/embedded.yaml`) holding every
+"""Training recipes: one YAML file per scale (`mole_llama/recipes/paper.yaml`, `.../embedded.yaml`, package data) holding every
 stage's settings, read with `--set section.key=value` overrides, and turned into the trainers' argument objects.
 
 A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `codec`, `acoustic_lm`,
@@ -17,8 +17,9 @@ from trl import SFTConfig
 
 from .experts import ExpertLoraSettings
 
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
-"""The repository's `recipes/` folder (a source checkout); recipe names such as "embedded" resolve there."""
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+"""The package's `recipes/` folder (package data, so a wheel install has it); names such as "embedded" resolve there,
+and its `accelerate/` folder holds the launch configs."""
 
 SECTIONS = (
     "base_model",
@@ -37,7 +38,7 @@ SFT_STAGES = ("tts_expert", "text_expert", "router")
 
 
 def recipe_path(name_or_path) -> Path:
-    """A recipe file: a path, or the name of one in the repository's `recipes/` ("embedded", "paper")."""
+    """A recipe file: a path, or the name of one in the package's `recipes/` ("embedded", "paper")."""
     path = Path(name_or_path)
     if path.is_file():
         return path
