@@ -209,7 +209,8 @@ def test_runaway_durations_are_cut_at_the_text_frame_cap(tts_dir, caplog):
 def test_a_long_text_is_spoken_piece_by_piece_with_a_progress_bar(tts_dir, capsys):
     model = pipeline("text-to-speech", model=str(tts_dir)).model
     sentence = "The quick brown fox jumps over the lazy dog."
-    short = model.speak(sentence, seed=0)
+    torch.manual_seed(0)
+    short = model.speak(sentence)
     capsys.readouterr()
     text = " ".join([sentence] * 8)
     assert split_text(text) == [sentence] * 8
@@ -218,3 +219,31 @@ def test_a_long_text_is_spoken_piece_by_piece_with_a_progress_bar(tts_dir, capsy
     assert "speaking" in capsys.readouterr().err
     pause = int(0.15 * model.sampling_rate)
     assert len(audio) == pytest.approx(8 * len(short) + 7 * pause, rel=0.5)
+
+
+def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    tokenizer = model.speech_parts["tokenizer"]
+    text = "One short sentence. And a second one! A third?"
+    chunks = list(model.stream(text, seed=3))
+    assert len(chunks) == 3
+    whole = model.generate(tokenizer(text, return_tensors="pt").input_ids, seed=3)["audio"][0]
+    assert torch.equal(torch.cat(chunks), whole)
+
+
+def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkeypatch):
+    speaker = pipeline("text-to-speech", model=str(tts_dir))
+    monkeypatch.setattr(speaker.model, "speech_units", _never_called)
+    cases = [
+        ({"temprature": 0.7}, "unknown generation setting.*temprature"),
+        ({"num_beams": 4}, "unknown generation setting.*num_beams"),
+        ({"top_p": 2}, "top_p=2"),
+        ({"temperature": 0}, "temperature=0"),
+        ({"top_k": 0}, "top_k=0"),
+        ({"acoustic_top_k": 2.5}, "acoustic_top_k=2.5"),
+        ({"do_sample": "yes"}, "do_sample='yes'"),
+        ({"speed": 1.2}, "need a model that times its units"),  # this tiny model speaks frame-level units
+    ]
+    for settings, message in cases:
+        with pytest.raises(ValueError, match=message):
+            speaker("Hello there.", generate_kwargs=settings)

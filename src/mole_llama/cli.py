@@ -335,6 +335,8 @@ def _speak(model_path, text: str, args) -> dict:
         generate_kwargs["voice"] = args.voice
     if getattr(args, "max_new_tokens_speech", None):
         generate_kwargs["max_new_tokens"] = args.max_new_tokens_speech
+    if getattr(args, "speed", None) is not None:
+        generate_kwargs["speed"] = args.speed
     return speaker(text, generate_kwargs=generate_kwargs)
 
 
@@ -484,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--voice", help="reference audio file for the voice (a few seconds)")
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--temperature", type=float, help="sample at this temperature (default: the model's)")
+    command.add_argument("--speed", type=float, help="speaking rate (1.2 = 20%% faster; a model with durations)")
     command.add_argument("--max-new-tokens", dest="max_new_tokens_speech", type=int,
                          help="cap on the unit tokens per sentence (default: the model's)")  # fmt: skip
     command.set_defaults(run=cmd_synthesize)

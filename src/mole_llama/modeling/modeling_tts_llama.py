@@ -39,11 +39,39 @@ PAUSE_SECONDS = 0.15
 MIN_VOICE_SECONDS = 1.0
 ACOUSTIC_TEMPERATURE, ACOUSTIC_TOP_K = 0.4, 10
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample")
+PIPELINE_KEYS = ("return_dict_in_generate",)  # the stock pipeline asks for a dict: the output always is one
 logger = logging.getLogger(__name__)
 
 
 class NoSpeechUnitsError(ValueError):
     """The LLM ended its speech segment before any unit (an undertrained speech expert does this)."""
+
+
+def check_speaking_kwargs(kwargs: dict) -> None:
+    """Refuse, before any model runs, a generation setting the speaking path does not know or cannot use."""
+    unknown = sorted(set(kwargs) - set(LLM_GENERATE_KEYS) - set(SPEECH_KEYS) - set(PIPELINE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown generation setting(s) {unknown}: the speaking model takes {list(LLM_GENERATE_KEYS)} for the LLM "
+            f"and {list(SPEECH_KEYS)} for the speech parts (plus voice= and seed= on generate)"
+        )
+    for name in ("temperature", "acoustic_temperature", "repetition_penalty", "speed"):
+        if name in kwargs and not (isinstance(kwargs[name], (int, float)) and kwargs[name] > 0):
+            raise ValueError(f"{name}={kwargs[name]!r}: give a positive number")
+    if "duration_temperature" in kwargs and not (
+        isinstance(kwargs["duration_temperature"], (int, float)) and kwargs["duration_temperature"] >= 0
+    ):
+        raise ValueError(f"duration_temperature={kwargs['duration_temperature']!r}: give 0 (median durations) or more")
+    for name in ("top_k", "acoustic_top_k"):
+        value = kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name}={value!r}: give a whole number of at least 1 (or None to keep every token)")
+    if kwargs.get("top_p") is not None and not (isinstance(kwargs["top_p"], (int, float)) and 0 < kwargs["top_p"] <= 1):
+        raise ValueError(f"top_p={kwargs['top_p']!r}: give a number in (0, 1]")
+    for name in ("do_sample", "acoustic_do_sample"):
+        if name in kwargs and not isinstance(kwargs[name], bool):
+            raise ValueError(f"{name}={kwargs[name]!r}: give True or False")
 
 
 def split_text(text: str) -> list:
@@ -135,10 +163,10 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             input_ids if attention_mask is None else [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
         )
         texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
-        if seed is not None:
-            torch.manual_seed(seed)
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]  # every text checked first
+        if seed is not None:
+            torch.manual_seed(seed)
         audio = [self.speak_pieces(pieces, prompt_codes, **kwargs) for pieces in plans]
         return {"audio": audio if len(audio) > 1 else audio[0][None], "sampling_rate": self.sampling_rate}
 
@@ -176,9 +204,24 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         """One text to one waveform (1-D float tensor), sentence by sentence."""
         return self.speak_pieces(self.plan_pieces(text, prompt_codes, **kwargs), prompt_codes, **kwargs)
 
+    def stream(self, text: str, voice=None, seed=None, **kwargs):
+        """Speak `text` piece by piece, yielding each piece's audio (1-D float tensors, the pause after it included)
+        as soon as it is made; joined, the chunks equal `generate`'s audio for the same seed."""
+        prompt_codes = self.voice_prompt(voice) if voice is not None else None
+        pieces = self.plan_pieces(text, prompt_codes, **kwargs)
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield from self.piece_waves(pieces, prompt_codes, **kwargs)
+
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
         (LLM units, acoustic frames) fit the models' positions."""
+        check_speaking_kwargs(kwargs)
+        if "duration_predictor" not in self.speech_parts:
+            timed = sorted({"speed", "duration_temperature"} & set(kwargs))
+            if timed:
+                raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
+                                 "speaks frame-level units")  # fmt: skip
         pieces = split_text(text)
         if not pieces:
             raise ValueError("text is empty: give at least one word")
@@ -234,12 +277,15 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
     def speak_pieces(self, pieces: list, prompt_codes=None, **kwargs) -> torch.Tensor:
         """Checked pieces (`plan_pieces`) to one waveform joined by short pauses; a progress bar for long texts."""
+        return torch.cat(list(self.piece_waves(pieces, prompt_codes, **kwargs)))
+
+    def piece_waves(self, pieces: list, prompt_codes=None, **kwargs):
+        """Each checked piece's waveform, followed (but the last) by a short pause."""
         pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
-        waves = []
         progress = tqdm(pieces, desc="speaking", unit="piece", disable=len(pieces) < PROGRESS_MIN_PIECES)
-        for piece in progress:
-            waves += [self.speak_piece(piece, prompt_codes, **kwargs), pause]
-        return torch.cat(waves[:-1])
+        for index, piece in enumerate(progress):
+            wave = self.speak_piece(piece, prompt_codes, **kwargs)
+            yield wave if index == len(pieces) - 1 else torch.cat([wave, pause])
 
     def speak_piece(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
         units = self.speech_units(text, **kwargs)
@@ -300,4 +346,4 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
 MoLELlamaForTextToWaveform.register_for_auto_class("AutoModelForTextToWaveform")
 
-__all__ = ["MoLELlamaForTextToWaveform", "NoSpeechUnitsError", "split_text"]
+__all__ = ["MoLELlamaForTextToWaveform", "NoSpeechUnitsError", "check_speaking_kwargs", "split_text"]
