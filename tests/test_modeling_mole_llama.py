@@ -322,3 +322,51 @@ def test_trl_sft_trainer_trains_only_the_routers_on_chat_data(tmp_path):
     assert changed and all(".router." in name for name in changed)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def _lean_to(model, expert: str, logit: float) -> None:
+    """Bias every router towards `expert` (softmax weight ~0.8 at logit 1.4 with two experts)."""
+    index = model.config.expert_names.index(expert)
+    for layer in model.model.layers:
+        torch.nn.init.zeros_(layer.router.proj_out.weight)
+        torch.nn.init.zeros_(layer.router.proj_out.bias)
+        layer.router.proj_out.bias.data[index] = logit
+
+
+@torch.no_grad()
+def test_hard_routing_gives_each_token_its_top_expert_at_full_weight(tiny_mole_dir, tmp_path):
+    hard = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True).eval()
+    soft = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).eval()
+    for model in (hard, soft):
+        _lean_to(model, "speech", 1.4)
+    ids = random_ids(hard.config.vocab_size)
+    weights = hard(ids, output_expert_weights=True).expert_weights[0]
+    assert torch.equal(weights, torch.nn.functional.one_hot(weights.argmax(-1), 2).float())
+    soft_weights = soft(ids, output_expert_weights=True).expert_weights[0]
+    assert 0.7 < float(soft_weights[..., 1].mean()) < 0.9
+    soft.set_routing("speech")
+    forced = soft(ids).logits
+    soft.set_routing(None)
+    torch.testing.assert_close(hard(ids).logits, forced, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(soft(ids).logits, forced, atol=1e-4)
+    hard.train()  # training keeps the soft weights, so the routers get a gradient
+    assert torch.allclose(hard(ids, output_expert_weights=True).expert_weights[0], soft_weights)
+    hard.eval()
+    hard.save_pretrained(tmp_path / "hard")
+    assert MoLELlamaForCausalLM.from_pretrained(tmp_path / "hard").config.hard_routing is True
+
+
+@torch.no_grad()
+def test_hard_routing_fast_path_equals_the_general_path(mole, tiny_mole_dir, monkeypatch):
+    hard = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True).eval()
+    ids = random_ids(hard.config.vocab_size, shape=(1, 7))
+    routers = [layer.router for layer in hard.model.layers]
+    chosen = [router.single_expert(hard(ids[:, :1], output_expert_weights=True).expert_weights[i])
+              for i, router in enumerate(routers)]  # fmt: skip
+    assert all(name in hard.config.expert_names for name in chosen), "one token: one expert per layer"
+    fast = hard.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    fast_logits = hard(ids).logits
+    for router in routers:
+        monkeypatch.setattr(router, "single_expert", lambda weights: None)  # always the one-hot mixed path
+    torch.testing.assert_close(hard(ids).logits, fast_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(hard.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), fast)

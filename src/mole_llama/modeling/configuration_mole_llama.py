@@ -41,6 +41,10 @@ class MoLELlamaConfig(LlamaConfig):
             Keep only the `k` largest expert weights per token (renormalised). `None` keeps all (softmax).
         router_temperature (`float`, *optional*, defaults to 1.0):
             Softmax temperature of the router; lower is sharper.
+        hard_routing (`bool`, *optional*, defaults to `False`):
+            At inference (eval mode) each token takes only its highest-weighted expert, at full weight, instead of
+            the soft mixture; where every token of a forward picks the same expert (as in one-token decoding), only
+            that expert is computed. Training keeps the soft weights, so the routers still get gradients.
         routing (`str`, *optional*):
             `None` uses the learned router; an expert name forces that expert for every token; `"base"` turns all
             experts off. Changed at run time with `set_routing`, and saved with the model.
@@ -64,6 +68,7 @@ class MoLELlamaConfig(LlamaConfig):
     router_hidden_size: int = 64
     router_top_k: int | None = None
     router_temperature: float = 1.0
+    hard_routing: bool = False
     routing: str | None = None
     base_model_name_or_path: str | None = None
     base_vocab_size: int | None = None

@@ -121,13 +121,16 @@ class MoLERouter(nn.Module):
 
     The output layer starts at zero, so a fresh router weighs all experts equally. With `top_k`, the other experts
     get weight 0 and the kept ones are renormalised; with `top_k=1` the kept expert keeps its softmax probability
-    (as in Switch Transformers), so the router still gets a gradient.
+    (as in Switch Transformers), so the router still gets a gradient. With `hard_routing`, in eval mode, each token's
+    top expert gets weight 1 and the others 0.
     """
 
     def __init__(self, config: MoLELlamaConfig):
         super().__init__()
         self.top_k = config.router_top_k
         self.temperature = config.router_temperature
+        self.hard = config.hard_routing
+        self.expert_names = list(config.expert_names)
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.proj_in = nn.Linear(config.hidden_size, config.router_hidden_size)
         self.proj_out = nn.Linear(config.router_hidden_size, len(config.experts))
@@ -136,12 +139,22 @@ class MoLERouter(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden = F.silu(self.proj_in(self.norm(hidden_states)))
         probabilities = (self.proj_out(hidden).float() / self.temperature).softmax(dim=-1)
+        if self.hard and not self.training:
+            return F.one_hot(probabilities.argmax(dim=-1), probabilities.shape[-1]).to(probabilities.dtype)
         if self.top_k is None or self.top_k >= probabilities.shape[-1]:
             return probabilities
         kept = torch.zeros_like(probabilities, dtype=torch.bool)
         kept.scatter_(-1, probabilities.topk(self.top_k, dim=-1).indices, True)  # exactly k, even on ties
         gates = probabilities * kept
         return gates if self.top_k == 1 else gates / gates.sum(dim=-1, keepdim=True)
+
+    def single_expert(self, weights: torch.Tensor) -> str | None:
+        """The expert every token routes to, when hard routing chose one for all (its fast path), else None."""
+        if not (self.hard and not self.training):
+            return None
+        choice = weights.argmax(dim=-1)
+        first = choice.reshape(-1)[0]
+        return self.expert_names[int(first)] if bool((choice == first).all()) else None
 
 
 class MoLEDecoderLayer(LlamaDecoderLayer):
@@ -163,6 +176,8 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         routing = self.routing if self.routing is not None else self.router(hidden_states)
+        if not isinstance(routing, str):
+            routing = self.router.single_expert(routing) or routing  # hard routing: one expert for all tokens
         # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies.
         projections = [module for module in self.modules() if isinstance(module, MoLELinear)]
         for projection in projections:
