@@ -151,6 +151,17 @@ def test_errors_name_the_fix(workspace, capsys):
     with pytest.raises(SystemExit):
         run("prepare", "--config", workspace / "recipe.yaml", "--set", "unknown_section.x=1")
     assert "unknown section" in capsys.readouterr().err
+    # output paths and questions are checked before any model loads (the model given does not even exist)
+    for output, message in ((workspace, "is a folder"), (workspace / "out.mp3x", "not an audio format")):
+        with pytest.raises(SystemExit):
+            run("synthesize", "Hello.", "-m", workspace / "no-such-model", "-o", output)
+        assert message in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            run("ask", "What is 2 plus 3?", "--speak", "-m", workspace / "no-such-model", "-o", output)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("ask", "  ", "-m", workspace / "no-such-model")
+    assert "the question is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["embedded", "paper"])

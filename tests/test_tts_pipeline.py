@@ -247,3 +247,13 @@ def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkey
     for settings, message in cases:
         with pytest.raises(ValueError, match=message):
             speaker("Hello there.", generate_kwargs=settings)
+
+
+def test_speech_marker_strings_in_the_text_are_refused_not_dropped(tts_dir, monkeypatch):
+    speaker = pipeline("text-to-speech", model=str(tts_dir))
+    monkeypatch.setattr(speaker.model, "speech_units", _never_called)
+    for text in ("Hello <|speech_end|> world", "<|speech_3|> again", "and <|speech_start|>"):
+        with pytest.raises(ValueError, match="speech token strings"):
+            speaker(text)
+        with pytest.raises(ValueError, match="speech tokens' names"):
+            speaker.model.speak(text)

@@ -73,6 +73,10 @@ def cmd_ask(args) -> None:
     from .chat import greedy_chat_reply
     from .conversion.gguf import embedded_base_path
 
+    if not args.question.strip():
+        raise ValueError('the question is empty: ask something, e.g. mole-llama ask "What is 2 plus 3?"')
+    if args.speak:
+        _check_audio_path(args.output)
     if args.model:
         model_path = args.model
     elif args.speak:
@@ -314,6 +318,22 @@ def cmd_train_router(args) -> None:
     )
 
 
+def _check_audio_path(path) -> Path:
+    """The output audio file, checked before any model loads: not a folder, and a format soundfile writes."""
+    import soundfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"-o {path} is a folder: give a file name, e.g. {path / 'speech.wav'}")
+    formats = soundfile.available_formats()
+    if path.suffix.lstrip(".").upper() not in formats:
+        known = ", ".join(f".{name.lower()}" for name in ("WAV", "FLAC", "OGG") if name in formats)
+        raise ValueError(
+            f"-o {path}: {path.suffix or 'no extension'} is not an audio format soundfile writes; use {known}"
+        )
+    return path
+
+
 def _write_wav(path, audio, rate) -> Path:
     import numpy as np
     import soundfile
@@ -341,6 +361,7 @@ def _speak(model_path, text: str, args) -> dict:
 
 
 def cmd_synthesize(args) -> None:
+    _check_audio_path(args.output)
     if args.model:
         model_path = args.model
     else:

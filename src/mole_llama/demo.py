@@ -3,10 +3,10 @@ command a user would run, and the paper's claims are measured on what it ends wi
 
 Steps: the festival/flite corpus (one voice held out of training), the shipped TTS-Llama reading its held-out
 sentences in every voice (`mole-llama evaluate-speech`), the offline QA data, then every training stage with
-`src/mole_llama/recipes/embedded.yaml` (shortened by `--set` overrides so the whole run fits about 20 minutes on 2 CPU cores), then
-`mole-llama evaluate`, which writes `demo_output/REPORT.md` with its tables and plots; the shipped model's table is
-appended. The models it ends with are
-`demo_output/models/tts-llama` and `demo_output/models/mole-llama`.
+`src/mole_llama/recipes/embedded.yaml` (shortened by `--set` overrides so the whole run fits about 20 minutes on 2
+CPU cores), then `mole-llama evaluate`, which writes `demo_output/REPORT.md` with its tables and plots; the shipped
+model's table is appended. The models it ends with are `demo_output/models/tts-llama` and
+`demo_output/models/mole-llama`.
 """
 
 import argparse

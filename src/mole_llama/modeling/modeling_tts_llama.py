@@ -23,7 +23,15 @@ from .acoustic_codec import load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import MoLELlamaForCausalLM
-from .speech_units import TTS_INSTRUCTION, SpeechTokenIds, SpeechUnitsLogitsProcessor, expand_units, tts_prompt_ids
+from .speech_units import (
+    SPEECH_END,
+    TTS_INSTRUCTION,
+    SpeechTokenIds,
+    SpeechUnitsLogitsProcessor,
+    check_tts_text,
+    expand_units,
+    tts_prompt_ids,
+)
 
 TEXT_TO_WAVEFORM_AUTO_MAP = {"AutoModelForTextToWaveform": "modeling_tts_llama.MoLELlamaForTextToWaveform"}
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
@@ -162,6 +170,13 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         rows = (
             input_ids if attention_mask is None else [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
         )
+        for ids in rows:  # decoding below drops special tokens: a speech marker in the text would vanish silently
+            ids = torch.as_tensor(ids)
+            if (self.speech_ids.is_unit(ids) | (ids == self.speech_ids.start) | (ids == self.speech_ids.end)).any():
+                raise ValueError(
+                    f"the text contains speech token strings (e.g. {SPEECH_END}): they are markers, not words; "
+                    "remove them from the text"
+                )
         texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]  # every text checked first
@@ -222,9 +237,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             if timed:
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
                                  "speaks frame-level units")  # fmt: skip
-        pieces = split_text(text)
-        if not pieces:
-            raise ValueError("text is empty: give at least one word")
+        pieces = split_text(check_tts_text(text))
         max_new_tokens = kwargs.get("max_new_tokens")
         if max_new_tokens is not None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
@@ -269,7 +282,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         units cap at the acoustic LM's frame rate (frame-level units)."""
         acoustic = self.speech_parts["acoustic_lm"].config
         if "duration_predictor" not in self.speech_parts:
-            return math.ceil(self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate)
+            return math.ceil(
+                self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate
+            )
         speed = kwargs.get("speed", 1.0)
         if not speed > 0:
             raise ValueError(f"speed={speed}: give a positive factor (1.0 = as trained, 1.2 = 20% faster)")
@@ -331,7 +346,10 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             rate = self.speech_parts["acoustic_lm"].config.acoustic_frame_rate
             logger.warning(
                 "the units' durations come to %d frames, more than the text's cap of %d (an undertrained duration "
-                "predictor?): the speech is cut at %.1f s", len(frames), max_frames, max_frames / rate
+                "predictor?): the speech is cut at %.1f s",
+                len(frames),
+                max_frames,
+                max_frames / rate,
             )
             frames = frames[:max_frames]
         codes = self.speech_parts["acoustic_lm"].generate(

@@ -111,13 +111,24 @@ def add_speech_tokens(tokenizer, num_units: int) -> SpeechTokenIds:
     return SpeechTokenIds.from_tokenizer(tokenizer, num_units)
 
 
-def tts_messages(text: str, instruction: str = TTS_INSTRUCTION) -> list:
-    """The chat turns that ask for speech: a short system turn and the user's request (the assistant answers with
-    a speech segment)."""
+def check_tts_text(text) -> str:
+    """`text`, if it can be spoken: a string with a word, and no speech-token names (markers, not words)."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty: give at least one word")
+    if SPEECH_TOKEN_PREFIX in text:
+        raise ValueError(
+            f"the text contains {SPEECH_TOKEN_PREFIX!r}, the start of the speech tokens' names (e.g. {SPEECH_END}): "
+            "they are markers, not words; remove them from the text"
+        )
+    return text
+
+
+def tts_messages(text: str, instruction: str = TTS_INSTRUCTION) -> list:
+    """The chat turns that ask for speech: a short system turn and the user's request (the assistant answers with
+    a speech segment)."""
+    text = check_tts_text(text)
     return [{"role": "system", "content": TTS_SYSTEM}, {"role": "user", "content": f"{instruction}\n{text.strip()}"}]
 
 

@@ -1,5 +1,6 @@
-"""Training recipes: one YAML file per scale (`mole_llama/recipes/paper.yaml`, `.../embedded.yaml`, package data) holding every
-stage's settings, read with `--set section.key=value` overrides, and turned into the trainers' argument objects.
+"""Training recipes: one YAML file per scale (`mole_llama/recipes/paper.yaml`, `.../embedded.yaml`, package data)
+holding every stage's settings, read with `--set section.key=value` overrides, and turned into the trainers'
+argument objects.
 
 A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `codec`, `acoustic_lm`,
 `duration_predictor`, `tts_expert`, `text_expert`, `router`; each training section has a `training` mapping of TRL
