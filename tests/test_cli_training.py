@@ -151,6 +151,15 @@ def test_errors_name_the_fix(workspace, capsys):
     with pytest.raises(SystemExit):
         run("prepare", "--config", workspace / "recipe.yaml", "--set", "unknown_section.x=1")
     assert "unknown section" in capsys.readouterr().err
+    # recipe values are checked against the trainer arguments before any model loads
+    for override, message in (
+        ("tts_expert.training.learning_rate=abc", "learning_rate='abc': give a float"),
+        ("tts_expert.training.nosuchkey=1", "has no setting(s) ['nosuchkey']"),
+        ("tts_expert=3", "section tts_expert is 3, not a mapping"),
+    ):
+        with pytest.raises(SystemExit):
+            run("train-tts", "--config", workspace / "recipe.yaml", "--set", override)
+        assert message in capsys.readouterr().err
     # output paths and questions are checked before any model loads (the model given does not even exist)
     for output, message in ((workspace, "is a folder"), (workspace / "out.mp3x", "not an audio format")):
         with pytest.raises(SystemExit):

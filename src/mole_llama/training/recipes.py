@@ -8,6 +8,7 @@ A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `
 """
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -36,6 +37,7 @@ SECTIONS = (
     "router",
 )
 SFT_STAGES = ("tts_expert", "text_expert", "router")
+TRAINED_SECTIONS = ("acoustic_lm", "duration_predictor") + SFT_STAGES
 
 
 def recipe_path(name_or_path) -> Path:
@@ -86,8 +88,36 @@ def load_recipe(name_or_path, overrides: list | None = None) -> dict:
     unknown = sorted(set(recipe) - set(SECTIONS))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    for name in SECTIONS[3:]:
+        if recipe.get(name) is not None and not isinstance(recipe[name], dict):
+            raise ValueError(f"{path}: section {name} is {recipe[name]!r}, not a mapping: set its keys, e.g. {name}.x=1")
+    for name in TRAINED_SECTIONS:
+        _check_training((recipe.get(name) or {}).get("training") or {}, name)
     recipe["_path"] = str(path)
     return recipe
+
+
+def _check_training(training: dict, name: str) -> None:
+    """Refuse, before any model loads, a `training` setting the stage's trainer arguments do not have, or a value
+    of the wrong kind (a word where a number or a bool belongs)."""
+    arguments = SFTConfig if name in SFT_STAGES else TrainingArguments
+    fields = {field.name: field for field in dataclasses.fields(arguments)}
+    unknown = sorted(set(training) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{name}.training: {arguments.__name__} has no setting(s) {unknown} (e.g. learning_rate, max_steps, "
+            "per_device_train_batch_size)"
+        )
+    for key, value in training.items():
+        default = fields[key].default
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not fits:
+            raise ValueError(f"{name}.training.{key}={value!r}: give a {type(default).__name__}, like {default!r}")
 
 
 def section(recipe: dict, name: str) -> dict:
