@@ -90,7 +90,9 @@ def load_recipe(name_or_path, overrides: list | None = None) -> dict:
         raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
     for name in SECTIONS[3:]:
         if recipe.get(name) is not None and not isinstance(recipe[name], dict):
-            raise ValueError(f"{path}: section {name} is {recipe[name]!r}, not a mapping: set its keys, e.g. {name}.x=1")
+            raise ValueError(
+                f"{path}: section {name} is {recipe[name]!r}, not a mapping: set its keys, e.g. {name}.x=1"
+            )
     for name in TRAINED_SECTIONS:
         _check_training((recipe.get(name) or {}).get("training") or {}, name)
     recipe["_path"] = str(path)
