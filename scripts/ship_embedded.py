@@ -44,19 +44,29 @@ def parts_of(run: Path) -> dict:
     }
 
 
-def training_facts(adapter: Path) -> dict:
-    """Steps, examples, the learning curve and run time from the trainer state beside the adapter."""
+def training_facts(adapter: Path, continued_from: Path | None = None) -> dict:
+    """Steps, examples, the learning curve and run time from the trainer state beside the adapter; with
+    `continued_from` (the checkpoint the run started from with --init-adapter), that run's steps and CPU minutes
+    come first, so the card shows the whole training."""
     states = sorted(adapter.glob("**/trainer_state.json"), key=lambda p: json.loads(p.read_text())["global_step"])
     if not states:
         return {}
     state = json.loads(states[-1].read_text())
+    earlier = training_facts(continued_from) if continued_from else {}
+    steps_before = earlier.get("steps", 0)
+    cpu_before = earlier["learning_curve"][-1][1] if earlier.get("learning_curve") else 0.0
     curve = [entry for entry in state["log_history"] if "unit_error_rate" in entry]
     return {
-        "steps": state["global_step"],
+        "steps": steps_before + state["global_step"],
         "batch_size": state.get("train_batch_size"),
-        "epochs": round(state.get("epoch", 0), 2),
-        "learning_curve": [(e["step"], round(e["cpu_minutes"], 1), round(e["unit_error_rate"], 3)) for e in curve],
-        "losses": [(e["step"], round(e["loss"], 3)) for e in state["log_history"] if "loss" in e],
+        "epochs": round(earlier.get("epochs", 0) + state.get("epoch", 0), 2),
+        "learning_curve": earlier.get("learning_curve", [])
+        + [
+            (steps_before + e["step"], round(cpu_before + e["cpu_minutes"], 1), round(e["unit_error_rate"], 3))
+            for e in curve
+        ],  # fmt: skip
+        "losses": earlier.get("losses", [])
+        + [(steps_before + e["step"], round(e["loss"], 3)) for e in state["log_history"] if "loss" in e],
     }
 
 
@@ -150,7 +160,7 @@ took {seconds / 60:.1f} min here).
 - Data: fortune sentences (Debian `fortunes`) read by festival's kal, ked, slt and flite's awb, slt voices; flite's
   rms is held out of every stage. Units: pocketsphinx en-us phones force-aligned to the transcript, collapsed.
 - Speech expert: {facts.get("steps")} steps of batch {facts.get("batch_size")} ({facts.get("epochs")} epochs), TRL
-  `SFTTrainer`, loss over the speech tokens only, lr 2e-3.
+  `SFTTrainer`, loss over the speech tokens only. {args.training_notes}
 - Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; commit {commit}.
 
 Learning curve (held-out greedy unit error rate):
@@ -174,6 +184,8 @@ def main():
     parser.add_argument("--corpus", required=True, help="the build-corpus folder (its test split is scored)")
     parser.add_argument("--sentences", type=int, default=50)
     parser.add_argument("--out", type=Path, help="keep the evaluation's clips and metrics.json here")
+    parser.add_argument("--continued-from", type=Path, help="the checkpoint this run started from (--init-adapter)")
+    parser.add_argument("--training-notes", default="lr 2e-3.", help="the learning-rate schedule, in words")
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
     parser.add_argument("--hard-routing", action="store_true", help="mole-llama: ship with hard (top-1) routing")
@@ -205,7 +217,15 @@ def main():
             )  # fmt: skip
             speaking, extra = "MoLE-Llama", mole_section(metrics)
     rates, truth = metrics["intelligibility"][speaking], metrics["intelligibility"]["ground truth"]
-    card = card_text(args.name, rates, truth, training_facts(args.adapter), args, time.perf_counter() - started, extra)
+    card = card_text(
+        args.name,
+        rates,
+        truth,
+        training_facts(args.adapter, args.continued_from),
+        args,
+        time.perf_counter() - started,
+        extra,
+    )
     (shipped / "README.md").write_text(card)
     ModelCard.load(shipped / "README.md")  # parses
     print(card)

@@ -48,7 +48,10 @@ class EchoSpeaker:
             raise NoSpeechUnitsError(f"no units for {text!r}")
         return [SENTENCES.index(text)]
 
-    def units_to_waveform(self, units, prompt_codes=None, **kwargs):
+    def frame_cap(self, text, **kwargs):
+        return 10**6  # the recordings are the speech: nothing to cap
+
+    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, **kwargs):
         voice = prompt_codes
         waveform, rate = self.recordings[(SENTENCES[units[0]], voice)]
         return torch.from_numpy(resample(waveform, rate, self.sampling_rate))

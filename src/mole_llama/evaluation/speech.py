@@ -146,7 +146,11 @@ def synthesized_intelligibility(
         units = _units_or_none(model, text, llm_kwargs)
         max_frames = model.frame_cap(text, **llm_kwargs)
         for voice in voices:
-            waveform = model.units_to_waveform(units, prompts[voice], max_frames).numpy() if units else _silence(model)
+            waveform = (
+                model.units_to_waveform(units, prompts[voice], max_frames=max_frames).numpy()
+                if units
+                else _silence(model)
+            )
             rows.append(
                 {
                     "voice": voice,

@@ -48,7 +48,9 @@ MIN_VOICE_SECONDS = 1.0
 ACOUSTIC_TEMPERATURE, ACOUSTIC_TOP_K = 0.4, 10
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample")
-PIPELINE_KEYS = ("return_dict_in_generate",)  # the stock pipeline asks for a dict: the output always is one
+PIPELINE_KEYS = ("return_dict_in_generate", "pad_token_id")
+"""What the stock pipeline adds to every call: the output is always a dict, and one text is decoded at a time with the
+tokenizer's own pad token, so both are taken and need nothing."""
 logger = logging.getLogger(__name__)
 
 
