@@ -7,19 +7,22 @@ import sys
 
 import pytest
 from huggingface_hub import ModelCard
-from transformers import pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import WEIGHTS_DIR, embedded_model_path
 from mole_llama.evaluation.intelligibility import error_rates, transcribe
+from mole_llama.evaluation.retention import greedy_answers
 
 pytestmark = pytest.mark.slow
-SHIPPED = WEIGHTS_DIR / "tts-llama"
 MAX_SHIPPED_MB = 40
-# Whisper WER of the shipped TTS-Llama (400 steps) on these 8 held-out sentences, greedy units, no voice prompt:
-# 0.554 measured 2026-12-01 (ground truth ~0.15; a model that says nothing scores 1.0). The bound leaves margin for
-# other machines' arithmetic and the acoustic LM's sampling.
-MAX_WER = 0.8
+# Whisper WER of the shipped TTS-Llama (1,050 steps) on these 8 held-out sentences, greedy units, no voice prompt:
+# 0.486 measured 2026-12-01, the 400-step model 0.554 (ground truth ~0.15; a model that says nothing scores 1.0). The
+# bound leaves margin for other machines' arithmetic and the acoustic LM's sampling.
+MAX_WER = 0.7
+# The shipped MoLE-Llama answers this known question "The capital of France is Paris. Paris is the largest city in
+# France ..."; Whisper heard its spoken answer at WER 0.50 (measured 2026-12-01, greedy units, no voice prompt).
+KNOWN_QUESTION, KNOWN_ANSWER, MAX_ANSWER_WER = "What is the capital of France?", "Paris", 0.8
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +30,17 @@ def folder(tmp_path_factory):
     return embedded_model_path("tts-llama", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def test_shipped_parts_are_small_safetensors_with_a_card():
-    files = [path for path in SHIPPED.rglob("*") if path.is_file()]
+@pytest.mark.parametrize("name", ["tts-llama", "mole-llama"])
+def test_shipped_parts_are_small_safetensors_with_a_card(name):
+    files = [path for path in (WEIGHTS_DIR / name).rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) < MAX_SHIPPED_MB * 1e6
     assert not [path for path in files if path.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")]
-    card = ModelCard.load(SHIPPED / "README.md")
+    card = ModelCard.load(WEIGHTS_DIR / name / "README.md")
     assert card.data.pipeline_tag == "text-to-speech"
     measured = {result.metric_name: result.metric_value for result in card.data.eval_results}
-    assert "WER (all)" in measured and 0 <= measured["WER (all)"] < 1
+    assert "WER (all)" in measured and 0 <= measured["WER (all)"]
+    if name == "tts-llama":  # it beats silence (WER 1.0); the MoLE-Llama does not yet (1.12, its router)
+        assert measured["WER (all)"] < 1
 
 
 def test_assembled_folder_is_a_complete_speaking_model(folder):
@@ -66,3 +72,15 @@ def test_synthesize_needs_no_model_argument(folder, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000
+
+
+def test_the_mole_llama_answers_a_known_question_aloud(tmp_path_factory):
+    folder = embedded_model_path("mole-llama", cache_dir=tmp_path_factory.mktemp("cache"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert model.config.routing is None, "the shipped MoLE-Llama routes with its learned routers"
+    answer = greedy_answers(model, tokenizer, [KNOWN_QUESTION], max_new_tokens=24)[0]
+    assert KNOWN_ANSWER in answer
+    speaker = pipeline("text-to-speech", model=str(folder))
+    output = speaker(answer, generate_kwargs={"do_sample": False, "seed": 0})
+    assert error_rates([answer], [transcribe(output["audio"], output["sampling_rate"])])["wer"] < MAX_ANSWER_WER
