@@ -287,9 +287,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             return math.ceil(
                 self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate
             )
-        speed = kwargs.get("speed", 1.0)
-        if not speed > 0:
-            raise ValueError(f"speed={speed}: give a positive factor (1.0 = as trained, 1.2 = 20% faster)")
+        speed = kwargs.get("speed", 1.0)  # checked by check_speaking_kwargs (and the duration predictor)
         return math.ceil((FRAMES_PER_CHARACTER_CAP * len(text) + FRAMES_CAP_MARGIN) / speed)
 
     def speak_pieces(self, pieces: list, prompt_codes=None, **kwargs) -> torch.Tensor:
