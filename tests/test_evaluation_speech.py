@@ -34,7 +34,7 @@ class EchoSpeaker:
     voice's recording. Counts the calls, so the test can check units are made once per sentence."""
 
     sampling_rate = 16000
-    speech_parts = {}  # no duration predictor: it speaks frame-level units
+    duration_predictor = None  # it speaks frame-level units
 
     def __init__(self, recordings, silent=()):
         self.recordings, self.silent, self.unit_calls = recordings, set(silent), []
@@ -51,10 +51,15 @@ class EchoSpeaker:
     def frame_cap(self, text, **kwargs):
         return 10**6  # the recordings are the speech: nothing to cap
 
-    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, **kwargs):
-        voice = prompt_codes
-        waveform, rate = self.recordings[(SENTENCES[units[0]], voice)]
-        return torch.from_numpy(resample(waveform, rate, self.sampling_rate))
+    def units_to_frames(self, units, seed=None, max_frames=None, **kwargs):
+        return units
+
+    def frames_to_waveforms(self, frames, prompt_codes=None, seeds=None, **kwargs):
+        waveforms = []
+        for piece, voice in zip(frames, prompt_codes):
+            waveform, rate = self.recordings[(SENTENCES[piece[0]], voice)]
+            waveforms.append(torch.from_numpy(resample(waveform, rate, self.sampling_rate)))
+        return waveforms
 
 
 def test_ground_truth_is_intelligible_and_written(recordings, tmp_path):

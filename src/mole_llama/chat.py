@@ -7,27 +7,22 @@
 
 import jiwer
 import torch
+from transformers import GenerationMixin
 
 from .modeling.speech_units import (
     SPEECH_TOKEN_PREFIX,
     SpeechTokenIds,
     SpeechUnitsLogitsProcessor,
     deduplicate_units,
+    pad_token_ids,
     tts_prompt_ids,
 )
 
 
-def pad_token_ids(sequences: list, pad_id: int, side: str) -> tuple:
-    """Pad token id lists to one `(batch, longest)` tensor, on the left (generation) or right (teacher forcing);
-    done here so the caller's tokenizer is never changed."""
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        span = slice(longest - len(ids), longest) if side == "left" else slice(0, len(ids))
-        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, span] = 1
-    return input_ids, attention_mask
+def generate_text(model, **kwargs) -> torch.Tensor:
+    """transformers' text generation on any causal LM, a speaking model too (whose own `generate` speaks), so one
+    loaded speaking folder serves both text and speech."""
+    return GenerationMixin.generate(model, **kwargs)
 
 
 def speech_token_ids(tokenizer) -> list:
@@ -42,8 +37,8 @@ def greedy_chat_reply(model, tokenizer, question: str, max_new_tokens: int = 64)
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     blocked = speech_token_ids(tokenizer)
     with torch.no_grad():
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=blocked or None
+        output = generate_text(
+            model, **inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=blocked or None
         )
     return output[0, inputs["input_ids"].shape[1] :]
 

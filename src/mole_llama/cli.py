@@ -85,8 +85,12 @@ def cmd_ask(args) -> None:
         model_path = embedded_model_path("mole-llama")
     else:
         model_path = embedded_base_path()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    if args.speak:  # one load: the speaking model answers in text too
+        speaker = _speaker(model_path)
+        model, tokenizer = speaker.model, speaker.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     if args.routing is not None:
         if not hasattr(model, "set_routing"):
             raise ValueError(f"--routing applies to MoLE-Llama models; {model_path} is a {model.config.model_type}")
@@ -97,7 +101,7 @@ def cmd_ask(args) -> None:
     if args.speak:
         if not answer:
             raise ValueError("the model gave an empty answer: nothing to speak")
-        speech = _speak(model_path, answer, args)
+        speech = _speak(speaker, answer, args)
         print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]), file=sys.stderr)
 
 
@@ -344,10 +348,13 @@ def _write_wav(path, audio, rate) -> Path:
     return path
 
 
-def _speak(model_path, text: str, args) -> dict:
+def _speaker(model_path):
     from transformers import pipeline
 
-    speaker = pipeline("text-to-speech", model=str(model_path))
+    return pipeline("text-to-speech", model=str(model_path))
+
+
+def _speak(speaker, text: str, args) -> dict:
     generate_kwargs = {"seed": args.seed}
     if args.temperature is not None:
         generate_kwargs.update(do_sample=True, temperature=args.temperature)
@@ -368,7 +375,7 @@ def cmd_synthesize(args) -> None:
         from .embedded import embedded_model_path
 
         model_path = embedded_model_path("tts-llama")
-    speech = _speak(model_path, args.text, args)
+    speech = _speak(_speaker(model_path), args.text, args)
     print(_write_wav(args.output, speech["audio"], speech["sampling_rate"]))
 
 

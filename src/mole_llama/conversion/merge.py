@@ -20,7 +20,8 @@ def merge_expert(model: MoLELlamaForCausalLM, name: str) -> MoLELlamaForCausalLM
     for key in ("model_type", "transformers_version", "architectures", "auto_map"):
         settings.pop(key, None)
     merged = MoLELlamaForCausalLM(MoLELlamaConfig(**settings)).to(model.dtype).eval()
-    state = {key: value for key, value in model.state_dict().items() if ".lora_" not in key and ".router." not in key}
+    weights = model.llm_state_dict() if hasattr(model, "llm_state_dict") else model.state_dict()  # a speaking model
+    state = {key: value for key, value in weights.items() if ".lora_" not in key and ".router." not in key}
     with torch.no_grad():
         for module_name, module in model.named_modules():
             if isinstance(module, MoLELinear) and name in module.lora_A:
@@ -39,20 +40,15 @@ def merge_expert(model: MoLELlamaForCausalLM, name: str) -> MoLELlamaForCausalLM
 
 def merge_speaking_model(model_dir, out_dir, name: str = "speech"):
     """A speaking folder (TTS-Llama) with expert `name` merged, written with the same speech parts to `out_dir`."""
-    from pathlib import Path
-
-    from ..modeling.modeling_semantic_units import SemanticUnitsModel
     from ..modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
     from .tts_bundle import save_tts_model
 
     speaker = MoLELlamaForTextToWaveform.from_pretrained(str(model_dir)).eval()
     merged = merge_expert(speaker, name)
-    parts = speaker.speech_parts
-    units_dir = Path(model_dir) / "semantic_tokenizer"
-    semantic_tokenizer = SemanticUnitsModel.from_pretrained(units_dir) if units_dir.is_dir() else None
     return save_tts_model(
-        out_dir, merged, parts["tokenizer"], parts["acoustic_lm"], parts["codec"], speaker.config.num_speech_units,
-        semantic_tokenizer, max_new_tokens=speaker.generation_config.max_new_tokens,
+        out_dir, merged, speaker.tokenizer, speaker.acoustic_lm, speaker.codec, speaker.config.num_speech_units,
+        speaker.semantic_tokenizer, max_new_tokens=speaker.generation_config.max_new_tokens,
+        duration_predictor=speaker.duration_predictor,
     )  # fmt: skip
 
 

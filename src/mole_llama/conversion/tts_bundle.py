@@ -28,7 +28,7 @@ def save_tts_model(
 ) -> Path:
     """Write `llm` (a MoLE-Llama; a TTS-Llama is one with routing "speech") with its speech parts to `out_dir`.
     With `duration_predictor`, the LLM speaks run-length-collapsed units and the predictor times them."""
-    speech = SpeechTokenIds.from_tokenizer(tokenizer, num_speech_units)
+    SpeechTokenIds.from_tokenizer(tokenizer, num_speech_units)  # the tokenizer has every speech token
     if llm.config.vocab_size < len(tokenizer):
         raise ValueError(
             f"the LLM has {llm.config.vocab_size} token rows but the tokenizer {len(tokenizer)}: "
@@ -49,12 +49,7 @@ def save_tts_model(
             f"the duration predictor times {duration_predictor.config.num_units} units, "
             f"the LLM speaks {num_speech_units}"
         )
-    model.speech_parts = {"tokenizer": tokenizer, "acoustic_lm": acoustic_lm, "codec": codec}
-    if duration_predictor is not None:
-        model.speech_parts["duration_predictor"] = duration_predictor
-    model.speech_ids = speech
+    model.attach_speech_parts(tokenizer, acoustic_lm, codec, duration_predictor, semantic_tokenizer)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    if semantic_tokenizer is not None:
-        semantic_tokenizer.save_pretrained(out_dir / "semantic_tokenizer")
     return out_dir

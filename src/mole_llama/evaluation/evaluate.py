@@ -24,19 +24,19 @@ def _load_speaking(folder):
     return AutoModelForTextToWaveform.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
-def held_out_speech_examples(test_dataset, semantic_tokenizer_dir, deduplicate: bool = False):
-    """TTS prompt-completion examples of held-out recordings (their units from the model's own tokenizer, aligned
+def held_out_speech_examples(test_dataset, semantic_tokenizer, deduplicate: bool = False):
+    """TTS prompt-completion examples of held-out recordings (units from the model's own semantic tokenizer, aligned
     to the transcript where it needs one; recordings it cannot align are left out), collapsed when the model
     speaks collapsed units."""
     from datasets import Dataset
 
     from ..data.audio import decode_audio, without_audio_decoding
-    from ..modeling.modeling_semantic_units import SemanticUnitsModel
     from ..modeling.phone_units import TranscriptAlignmentError
     from ..training.prepare import encode
     from ..training.sft_data import tts_examples
 
-    semantic_tokenizer = SemanticUnitsModel.from_pretrained(semantic_tokenizer_dir).eval()
+    if semantic_tokenizer is None:
+        raise ValueError("the MoLE-Llama folder has no semantic_tokenizer/: its held-out units cannot be made")
     rate_needed = semantic_tokenizer.config.sampling_rate
     rows = []
     for row in without_audio_decoding(test_dataset):
@@ -81,11 +81,8 @@ def evaluate_models(
     base_tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
     speakers = {"TTS-Llama": _load_speaking(tts_dir), "MoLE-Llama": _load_speaking(mole_dir)}
-    tokenizer = speakers["TTS-Llama"].speech_parts["tokenizer"]
-    mole_tokenizer = speakers["MoLE-Llama"].speech_parts["tokenizer"]
-    # The same folders as causal LMs, for text: a speaking model's generate() speaks.
-    tts = AutoModelForCausalLM.from_pretrained(str(tts_dir), dtype=torch.float32).eval()
-    mole = AutoModelForCausalLM.from_pretrained(str(mole_dir), dtype=torch.float32).eval()
+    tts, mole = speakers["TTS-Llama"], speakers["MoLE-Llama"]  # one load each: text goes through `generate_text`
+    tokenizer, mole_tokenizer = tts.tokenizer, mole.tokenizer
     if mole.config.routing is not None:
         raise ValueError(
             f"{mole_dir} forces routing={mole.config.routing!r}: give a MoLE-Llama with its learned router"
@@ -122,8 +119,8 @@ def evaluate_models(
     metrics["retention"] = retention
 
     logger.warning("router accuracy ...")
-    collapsed = "duration_predictor" in speakers["MoLE-Llama"].speech_parts
-    speech_examples = held_out_speech_examples(test, Path(mole_dir) / "semantic_tokenizer", deduplicate=collapsed)
+    collapsed = mole.duration_predictor is not None
+    speech_examples = held_out_speech_examples(test, mole.semantic_tokenizer, deduplicate=collapsed)
     text_rows = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         for q, a in zip(questions[:50], base_answers[:50])
@@ -139,7 +136,6 @@ def evaluate_models(
     logger.warning("text in, speech out ...")
     spoken = known.select(range(min(num_spoken_answers, len(known))))["question"]
     metrics["spoken_answers"] = spoken_answers(
-        speakers["MoLE-Llama"],
         mole,
         mole_tokenizer,
         spoken,

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from ..chat import pad_token_ids, speech_token_ids
+from ..chat import generate_text, speech_token_ids
+from ..modeling.speech_units import pad_token_ids
 
 
 def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list:
@@ -77,7 +78,8 @@ def greedy_answers(
     with _evaluating(model), torch.no_grad():
         for start in tqdm(batches, desc="greedy answers", disable=not progress):
             input_ids, attention_mask = pad_token_ids(prompts[start : start + batch_size], pad_id, side="left")
-            output = model.generate(
+            output = generate_text(
+                model,
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens,

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..chat import pad_token_ids
+from ..modeling.speech_units import pad_token_ids
 from .retention import _chat_ids
 
 DEFAULT_EXPERT_FOR_TASK = {"text": "text", "tts": "speech"}

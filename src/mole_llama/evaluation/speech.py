@@ -66,7 +66,7 @@ def held_out_sentences(corpus, num_sentences: int, audio_column: str = "audio") 
 def _unit_settings(model) -> dict:
     """Sampling and cap for the LLM's units: a model that speaks collapsed units (it has a duration predictor) keeps
     its own defaults and text-length cap; frame-level units are sampled (`UNIT_SAMPLING`) up to `MAX_UNITS`."""
-    if "duration_predictor" in model.speech_parts:
+    if model.duration_predictor is not None:
         return {}
     return {**UNIT_SAMPLING, "max_new_tokens": MAX_UNITS}
 
@@ -144,13 +144,15 @@ def synthesized_intelligibility(
     for index, text in enumerate(tqdm(sentences, desc="speaking held-out sentences")):
         torch.manual_seed(seed + index)
         units = _units_or_none(model, text, llm_kwargs)
-        max_frames = model.frame_cap(text, **llm_kwargs)
-        for voice in voices:
-            waveform = (
-                model.units_to_waveform(units, prompts[voice], max_frames=max_frames).numpy()
-                if units
-                else _silence(model)
+        if units:  # the same units in every voice, in one batched acoustic pass
+            frames = model.units_to_frames(units, seed=seed + index, max_frames=model.frame_cap(text, **llm_kwargs))
+            waveforms = model.frames_to_waveforms(
+                [frames] * len(voices), [prompts[voice] for voice in voices], [seed + index] * len(voices)
             )
+        else:
+            waveforms = [torch.from_numpy(_silence(model))] * len(voices)
+        for voice, waveform in zip(voices, waveforms):
+            waveform = waveform.numpy()
             rows.append(
                 {
                     "voice": voice,
@@ -163,23 +165,20 @@ def synthesized_intelligibility(
     return _rates_by_voice(rows), rows
 
 
-def spoken_answers(
-    speaker, text_model, tokenizer, questions, reference, out_dir, seed: int = 0, max_new_tokens: int = 32
-) -> list:
-    """Text in, speech out: `text_model` (a MoLE-Llama as a causal LM, learned routing) answers each question in
-    text, then `speaker` (the same folder loaded to speak) says the answer in the `reference` voice;
-    what Whisper (and pocketsphinx) hear is scored against the text answer."""
+def spoken_answers(speaker, tokenizer, questions, reference, out_dir, seed: int = 0, max_new_tokens: int = 32) -> list:
+    """Text in, speech out: `speaker` (a MoLE-Llama folder loaded to speak, learned routing) answers each question
+    in text, then says the answer in the `reference` voice; what Whisper (and pocketsphinx) hear is scored against
+    the text answer."""
     from .retention import greedy_answers
 
-    answers = greedy_answers(text_model, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
+    answers = greedy_answers(speaker, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
     prompt = speaker.voice_prompt(reference)
     rows = []
     for index, (question, answer) in enumerate(zip(tqdm(questions, desc="spoken answers"), answers)):
         if not answer:
             raise ValueError(f"the model gave an empty text answer to {question!r}: nothing to speak")
-        torch.manual_seed(seed + index)
         try:
-            waveform = speaker.speak(answer, prompt, **_unit_settings(speaker)).numpy()
+            waveform = speaker.speak(answer, prompt, seed=seed + index, **_unit_settings(speaker)).numpy()
         except NoSpeechUnitsError:
             waveform = _silence(speaker)
         heard = _heard(waveform, speaker.sampling_rate)

@@ -23,6 +23,7 @@ This file is copied into saved model folders for `trust_remote_code=True`: it im
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -258,6 +259,15 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         self._check_codes(prompts, "prompt_codes", allow_empty=True)
         return prompts
 
+    def _generators(self, seed, batch_size: int) -> list:
+        """One generator for the batch (`seed` None: torch's global one; an int: a private one), or one per item."""
+        if seed is None or isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            return [None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))]
+        seeds = list(seed)
+        if len(seeds) != batch_size or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
+            raise ValueError(f"seed={seed!r}: give one whole number, or a list of {batch_size} (one per item)")
+        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
     def _check_length(self, prompt_frames: int, frames: int, index: int) -> None:
         if prompt_frames + frames > self.config.max_position_embeddings:
             seconds = self.config.max_position_embeddings / self.config.acoustic_frame_rate
@@ -444,7 +454,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         top_k: int | None = None,
         top_p: float | None = None,
         do_sample: bool = True,
-        seed: int | None = None,
+        seed: int | list | None = None,
         max_frames: int | None = None,
         return_dict_in_generate: bool = False,
     ):
@@ -462,7 +472,9 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
                 of `[num_codebooks, frames]` (None or 0 frames for no prompt), or one prompt for the whole batch.
             temperature, top_k, top_p: sampling filters (transformers' logits warpers).
             do_sample: False for greedy decoding (deterministic).
-            seed: seeds a private generator, so the same seed gives the same codes without touching global RNG.
+            seed: seeds a private generator, so the same seed gives the same codes without touching global RNG;
+                a list (one seed per item) gives each item its own generator, so an item samples the same codes
+                alone or in any batch.
             max_frames: a hard cap on the frames per item.
             return_dict_in_generate: return an `AcousticLMGenerateOutput` with the per-item `lengths`.
 
@@ -493,16 +505,17 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             warpers.append(TopKLogitsWarper(top_k=top_k))
         if do_sample and top_p is not None and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p=top_p))
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        generators = self._generators(seed, len(units))
 
         def choose(logits: torch.Tensor) -> torch.LongTensor:
             logits = logits.float()
             if not do_sample:
                 return logits.argmax(dim=-1)
-            logits = warpers(None, logits)
-            return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+            probabilities = warpers(None, logits).softmax(dim=-1)
+            if len(generators) == 1:
+                return torch.multinomial(probabilities, 1, generator=generators[0]).squeeze(-1)
+            return torch.cat([torch.multinomial(row[None], 1, generator=generator)[0]
+                              for row, generator in zip(probabilities, generators)])  # fmt: skip
 
         layout = self._layout(units, prompts, lengths)
         prompt_width, frames = layout["prompt_width"], layout["frames"]

@@ -1,8 +1,8 @@
 """TTS-Llama / MoLE-Llama that speaks: text -> semantic units (the LLM) -> acoustic codes (acoustic LM) -> waveform.
 
-`MoLELlamaForTextToWaveform` is the LLM itself (same weights and keys as `MoLELlamaForCausalLM`); its speech parts
-live in subfolders of the saved model (`acoustic_lm/`, `codec/`, and `duration_predictor/` when the LLM speaks
-run-length-collapsed units) and are loaded beside it, outside its module tree. Registered under
+`MoLELlamaForTextToWaveform` is the LLM itself (same weights and keys as `MoLELlamaForCausalLM`) with its speech
+parts as child modules, each saved in a subfolder of the model (`acoustic_lm/`, `codec/`, `duration_predictor/` when
+the LLM speaks run-length-collapsed units, `semantic_tokenizer/` when present). Registered under
 `AutoModelForTextToWaveform`, it is what transformers' stock "text-to-speech" pipeline loads: the pipeline
 calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
 
@@ -30,6 +30,7 @@ from .speech_units import (
     SpeechUnitsLogitsProcessor,
     check_tts_text,
     expand_units,
+    pad_token_ids,
     tts_prompt_ids,
 )
 
@@ -42,10 +43,17 @@ training sentences; without this cap a model that misses its end marker runs to 
 FRAMES_PER_CHARACTER_CAP, FRAMES_CAP_MARGIN = 8.0, 50
 """Acoustic frames a text may last (at speed 1): measured 3.4 per character (median), 5.7 at most, on the same
 sentences; it stops an untrained duration predictor from asking the acoustic LM for minutes of speech."""
+SPEECH_PART_NAMES = ("acoustic_lm", "codec", "duration_predictor", "semantic_tokenizer")
+SPEAKING_BATCH_SIZE = 8
+"""Pieces spoken at once: one left-padded LLM generation and one acoustic LM pass per batch."""
 PROGRESS_MIN_PIECES = 4
 PAUSE_SECONDS = 0.15
+MIN_DECODE_FRAMES = 2
 MIN_VOICE_SECONDS = 1.0
-ACOUSTIC_TEMPERATURE, ACOUSTIC_TOP_K = 0.4, 10
+SPEECH_GENERATION_DEFAULTS = {"acoustic_temperature": 0.4, "acoustic_top_k": 10, "acoustic_do_sample": True,
+                              "duration_temperature": 0.0, "speed": 1.0}  # fmt: skip
+"""The speech parts' sampling settings a saved model writes into its generation_config.json (the acoustic LM's were
+measured best in benchmarks/); a call's own settings override them, and a folder saved without them gets these."""
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample")
 PIPELINE_KEYS = ("return_dict_in_generate", "pad_token_id")
@@ -119,14 +127,25 @@ def _mono(waveform: np.ndarray) -> np.ndarray:
 class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     """Speaks with `generate(input_ids)` -> `{"audio": (batch, samples) or list, "sampling_rate": int}`.
 
+    A composite, as transformers' Bark and CSM are: the LLM is this model itself (same weights and keys as
+    `MoLELlamaForCausalLM`), and the speech parts are child modules (`acoustic_lm`, `codec`, `duration_predictor`
+    and `semantic_tokenizer` when present), so `to(device)`, a dtype or a pipeline's `device=` reach them all. Each
+    part is saved in, and loaded from, its own subfolder; the LLM's weights file holds the LLM only.
+
     `input_ids` are the plain tokenized text (as the pipeline gives them); the TTS prompt (chat template + start
-    marker) is built here, long text is split into sentences and joined with short pauses, and `voice` (a
-    waveform at the codec's rate, or `(waveform, rate)`) conditions the acoustic LM on a reference speaker.
+    marker) is built here, long text is split into sentences joined with short pauses, all pieces of all texts are
+    spoken in batches (left-padded LLM generation, then one acoustic LM pass per batch), and `voice` (a waveform
+    at the codec's rate, `(waveform, rate)` or a file path) conditions the acoustic LM on a reference speaker.
+    Each piece samples from its own seed (`seed` + its index in its text), so a text comes out the same alone, in
+    a batch, or streamed.
     """
 
     def __init__(self, config):
         super().__init__(config)
-        self.speech_parts = {}  # tokenizer, acoustic_lm, codec: kept out of the module tree (saved in subfolders)
+        self.tokenizer = None  # the LLM's tokenizer with the speech tokens (not a module)
+        self.speech_ids = None
+        for name in SPEECH_PART_NAMES:
+            setattr(self, name, None)  # child modules once `attach_speech_parts` runs
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -135,40 +154,73 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         return model
 
     def load_speech_parts(self, name_or_path) -> None:
+        """The tokenizer and the speech parts saved beside the LLM, in its dtype and on its device."""
+        from .modeling_semantic_units import SemanticUnitsModel
+
         folder = _resolve_folder(name_or_path)
         for part in ("acoustic_lm", "codec"):
             if not (folder / part / "config.json").is_file():
                 raise ValueError(f"{folder} has no {part}/ subfolder: it is not a complete TTS model folder")
-        self.speech_parts = {
-            "tokenizer": AutoTokenizer.from_pretrained(folder),
-            "acoustic_lm": AcousticLMForConditionalGeneration.from_pretrained(folder / "acoustic_lm").eval(),
-            "codec": load_acoustic_codec(folder / "codec"),
-        }
-        if (folder / "duration_predictor" / "config.json").is_file():
-            predictor = DurationPredictorModel.from_pretrained(folder / "duration_predictor").eval()
-            self.speech_parts["duration_predictor"] = predictor
-        self.speech_ids = SpeechTokenIds.from_tokenizer(self.speech_parts["tokenizer"], self.config.num_speech_units)
+        optional = {
+            name: loader(folder / name).eval()
+            for name, loader in (("duration_predictor", DurationPredictorModel.from_pretrained),
+                                 ("semantic_tokenizer", SemanticUnitsModel.from_pretrained))
+            if (folder / name / "config.json").is_file()
+        }  # fmt: skip
+        self.attach_speech_parts(
+            AutoTokenizer.from_pretrained(folder),
+            AcousticLMForConditionalGeneration.from_pretrained(folder / "acoustic_lm").eval(),
+            load_acoustic_codec(folder / "codec"),
+            **optional,
+        )
+
+    def attach_speech_parts(self, tokenizer, acoustic_lm, codec, duration_predictor=None, semantic_tokenizer=None):
+        """Make the speech parts children of this model (moved to its device and dtype)."""
+        self.tokenizer = tokenizer
+        self.speech_ids = SpeechTokenIds.from_tokenizer(tokenizer, self.config.num_speech_units)
+        parts = {"acoustic_lm": acoustic_lm, "codec": codec, "duration_predictor": duration_predictor,
+                 "semantic_tokenizer": semantic_tokenizer}  # fmt: skip
+        for name, part in parts.items():
+            setattr(self, name, None if part is None else part.to(device=self.device, dtype=self.dtype).eval())
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save the LLM with every entry point (causal LM and text-to-waveform), then its speech parts."""
+        """Save the LLM (its weights only) with every entry point (causal LM and text-to-waveform), then the
+        tokenizer and each speech part in its subfolder."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **TEXT_TO_WAVEFORM_AUTO_MAP}
+        for name, value in SPEECH_GENERATION_DEFAULTS.items():  # the speech settings travel with the folder
+            if getattr(self.generation_config, name, None) is None:
+                setattr(self.generation_config, name, value)
+        self.generation_config._from_model_config = False  # transformers drops custom keys of a derived config
+        kwargs.setdefault("state_dict", self.llm_state_dict())
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.speech_parts:
-            self.speech_parts["tokenizer"].save_pretrained(save_directory)
-            self.speech_parts["acoustic_lm"].save_pretrained(Path(save_directory) / "acoustic_lm")
-            self.speech_parts["codec"].save_pretrained(Path(save_directory) / "codec")
-            if "duration_predictor" in self.speech_parts:
-                self.speech_parts["duration_predictor"].save_pretrained(Path(save_directory) / "duration_predictor")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        for name in SPEECH_PART_NAMES:
+            part = getattr(self, name)
+            if part is not None:
+                part.save_pretrained(Path(save_directory) / name)
+
+    def llm_state_dict(self) -> dict:
+        """The LLM's weights alone (what `MoLELlamaForCausalLM` holds), without the speech parts'."""
+        return {key: value for key, value in self.state_dict().items() if key.split(".")[0] not in SPEECH_PART_NAMES}
+
+    def speech_setting(self, name: str, kwargs: dict):
+        """A speech part's setting: the call's (`kwargs`), else the generation config's, else the default."""
+        if name in kwargs:
+            return kwargs[name]
+        return getattr(self.generation_config, name, SPEECH_GENERATION_DEFAULTS[name])
 
     @property
     def sampling_rate(self) -> int:
-        return self.speech_parts["codec"].sampling_rate
+        return self.codec.sampling_rate
+
+    def _check_loaded(self) -> None:
+        if self.codec is None:
+            raise ValueError("the speech parts are not loaded: load the model with from_pretrained(folder)")
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, voice=None, seed=None, **kwargs):
-        if not self.speech_parts:
-            raise ValueError("the speech parts are not loaded: load the model with from_pretrained(folder)")
-        tokenizer = self.speech_parts["tokenizer"]
+    def generate(self, input_ids=None, attention_mask=None, voice=None, seed=None, batch_size=None, **kwargs):
+        self._check_loaded()
         rows = (
             input_ids if attention_mask is None else [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
         )
@@ -179,17 +231,52 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                     f"the text contains speech token strings (e.g. {SPEECH_END}): they are markers, not words; "
                     "remove them from the text"
                 )
-        texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
-        prompt_codes = self.voice_prompt(voice) if voice is not None else None
-        plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]  # every text checked first
-        if seed is not None:
-            torch.manual_seed(seed)
-        audio = [self.speak_pieces(pieces, prompt_codes, **kwargs) for pieces in plans]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        audio = self.speak_texts(texts, voice=voice, seed=seed, batch_size=batch_size, **kwargs)
         return {"audio": audio if len(audio) > 1 else audio[0][None], "sampling_rate": self.sampling_rate}
+
+    def speak_texts(self, texts, voice=None, seed=None, batch_size=None, **kwargs) -> list:
+        """Each text's waveform (1-D float tensors), in the voice of the reference `voice`."""
+        self._check_loaded()
+        prompt_codes = self.voice_prompt(voice) if voice is not None else None
+        plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]
+        return self._speak_plans(plans, prompt_codes, seed, batch_size, **kwargs)
+
+    def speak(self, text: str, prompt_codes=None, seed=None, batch_size=None, **kwargs) -> torch.Tensor:
+        """One text to one waveform (1-D float tensor), in the voice of `prompt_codes` (from `voice_prompt`)."""
+        return self._speak_plans([self.plan_pieces(text, prompt_codes, **kwargs)], prompt_codes, seed, batch_size,
+                                 **kwargs)[0]  # fmt: skip
+
+    def _speak_plans(self, plans: list, prompt_codes, seed, batch_size, **kwargs) -> list:
+        """Checked pieces of every text (all checked before any model runs), spoken `batch_size` at a time (default
+        `SPEAKING_BATCH_SIZE`) with a progress bar for many pieces, then joined per text with short pauses."""
+        batch_size = SPEAKING_BATCH_SIZE if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give a whole number of at least 1")
+        first_seed = piece_seed_base(seed, reseed_llm=True)
+        jobs = [(index, piece) for pieces in plans for index, piece in enumerate(pieces)]
+        waves = []
+        progress = tqdm(total=len(jobs), desc="speaking", unit="piece", disable=len(jobs) < PROGRESS_MIN_PIECES)
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            seeds = [first_seed + index for index, _ in batch]
+            waves += self.speak_batch([piece for _, piece in batch], seeds, prompt_codes, **kwargs)
+            progress.update(len(batch))
+        progress.close()
+        audio, start = [], 0
+        for pieces in plans:
+            audio.append(self._join(waves[start : start + len(pieces)]))
+            start += len(pieces)
+        return audio
+
+    def _join(self, waves: list) -> torch.Tensor:
+        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate), dtype=waves[0].dtype)
+        return torch.cat([part for wave in waves[:-1] for part in (wave, pause)] + [waves[-1]])
 
     def voice_prompt(self, voice) -> torch.LongTensor:
         """Acoustic codes of reference audio: a waveform at the codec's rate, `(waveform, rate)` or a file path."""
-        codec = self.speech_parts["codec"]
+        self._check_loaded()
+        codec = self.codec
         if isinstance(voice, (str, Path)):
             import soundfile
 
@@ -217,24 +304,23 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             raise ValueError("the voice reference is silent: give a recording of someone speaking")
         return codec.encode(torch.from_numpy(waveform)[None])[0]
 
-    def speak(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
-        """One text to one waveform (1-D float tensor), sentence by sentence."""
-        return self.speak_pieces(self.plan_pieces(text, prompt_codes, **kwargs), prompt_codes, **kwargs)
-
     def stream(self, text: str, voice=None, seed=None, **kwargs):
         """Speak `text` piece by piece, yielding each piece's audio (1-D float tensors, the pause after it included)
         as soon as it is made; joined, the chunks equal `generate`'s audio for the same seed."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield from self.piece_waves(pieces, prompt_codes, **kwargs)
+        first_seed = piece_seed_base(seed, reseed_llm=True)
+        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
+        for index, piece in enumerate(pieces):
+            wave = self.speak_batch([piece], [first_seed + index], prompt_codes, **kwargs)[0]
+            yield wave if index == len(pieces) - 1 else torch.cat([wave, pause.to(wave.dtype)])
 
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
         (LLM units, acoustic frames) fit the models' positions."""
+        self._check_loaded()
         check_speaking_kwargs(kwargs)
-        if "duration_predictor" not in self.speech_parts:
+        if self.duration_predictor is None:
             timed = sorted({"speed", "duration_temperature"} & set(kwargs))
             if timed:
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
@@ -251,8 +337,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                     f"max_position_embeddings={self.config.max_position_embeddings} less the prompt), or leave it "
                     "unset for the cap from the text's length"
                 )
-        acoustic = self.speech_parts["acoustic_lm"].config
-        prompt_frames = 0 if prompt_codes is None else len(prompt_codes)
+        acoustic = self.acoustic_lm.config
+        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
         for piece in pieces:
             frames = self.frame_cap(piece, **kwargs)
             if prompt_frames + frames > acoustic.max_position_embeddings:
@@ -264,9 +350,12 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                 )
         return pieces
 
-    def prompt_length(self, text: str) -> int:
+    def _prompt_ids(self, text: str) -> list:
         instruction = getattr(self.config, "tts_instruction", None) or TTS_INSTRUCTION
-        return len(tts_prompt_ids(self.speech_parts["tokenizer"], text, self.speech_ids, instruction))
+        return tts_prompt_ids(self.tokenizer, text, self.speech_ids, instruction)
+
+    def prompt_length(self, text: str) -> int:
+        return len(self._prompt_ids(text))
 
     def units_cap(self, text: str, **kwargs) -> int:
         """The most units the LLM may speak for `text`: `max_new_tokens` when given, else (collapsed units) the
@@ -274,7 +363,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         if kwargs.get("max_new_tokens") is not None:
             return kwargs["max_new_tokens"]
         default = self.generation_config.max_new_tokens
-        if "duration_predictor" not in self.speech_parts:
+        if self.duration_predictor is None:
             return default
         cap = int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
         return min(cap, default or cap)
@@ -282,86 +371,130 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def frame_cap(self, text: str, **kwargs) -> int:
         """The most acoustic frames `text` may last: from its length (timed units; `speed` divides it), or its
         units cap at the acoustic LM's frame rate (frame-level units)."""
-        acoustic = self.speech_parts["acoustic_lm"].config
-        if "duration_predictor" not in self.speech_parts:
+        acoustic = self.acoustic_lm.config
+        if self.duration_predictor is None:
             return math.ceil(
                 self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate
             )
-        speed = kwargs.get("speed", 1.0)  # checked by check_speaking_kwargs (and the duration predictor)
+        speed = self.speech_setting("speed", kwargs)  # checked by check_speaking_kwargs (and the predictor)
         return math.ceil((FRAMES_PER_CHARACTER_CAP * len(text) + FRAMES_CAP_MARGIN) / speed)
 
-    def speak_pieces(self, pieces: list, prompt_codes=None, **kwargs) -> torch.Tensor:
-        """Checked pieces (`plan_pieces`) to one waveform joined by short pauses; a progress bar for long texts."""
-        return torch.cat(list(self.piece_waves(pieces, prompt_codes, **kwargs)))
-
-    def piece_waves(self, pieces: list, prompt_codes=None, **kwargs):
-        """Each checked piece's waveform, followed (but the last) by a short pause."""
-        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
-        progress = tqdm(pieces, desc="speaking", unit="piece", disable=len(pieces) < PROGRESS_MIN_PIECES)
-        for index, piece in enumerate(progress):
-            wave = self.speak_piece(piece, prompt_codes, **kwargs)
-            yield wave if index == len(pieces) - 1 else torch.cat([wave, pause])
-
-    def speak_piece(self, text: str, prompt_codes=None, **kwargs) -> torch.Tensor:
-        units = self.speech_units(text, **kwargs)
-        return self.units_to_waveform(units, prompt_codes, max_frames=self.frame_cap(text, **kwargs), **kwargs)
+    def speak_batch(self, pieces: list, seeds: list, prompt_codes=None, **kwargs) -> list:
+        """Checked pieces (`plan_pieces`) to their waveforms: one batched LLM generation, then one batched
+        acoustic LM pass, each piece sampling from its own seed."""
+        units = self.speech_units_batch(pieces, **kwargs)
+        for piece, piece_units in zip(pieces, units):
+            if not piece_units:
+                raise NoSpeechUnitsError(f"the model produced no speech units for {piece!r}")
+        frames = [
+            self.units_to_frames(piece_units, seed=seed, max_frames=self.frame_cap(piece, **kwargs), **kwargs)
+            for piece, piece_units, seed in zip(pieces, units, seeds)
+        ]
+        return self.frames_to_waveforms(frames, prompt_codes, seeds, **kwargs)
 
     def speech_units(self, text: str, **kwargs) -> list:
         """The LLM's semantic units for one short text (generation settings from `LLM_GENERATE_KEYS`)."""
-        tokenizer, speech = self.speech_parts["tokenizer"], self.speech_ids
-        instruction = getattr(self.config, "tts_instruction", None) or TTS_INSTRUCTION
-        prompt = torch.tensor([tts_prompt_ids(tokenizer, text, speech, instruction)], device=self.device)
-        llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
-        llm_kwargs["max_new_tokens"] = self.units_cap(text, **kwargs)
-        generated = super().generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(speech)]),
-            eos_token_id=speech.end,
-            pad_token_id=tokenizer.pad_token_id,
-            **llm_kwargs,
-        )
-        units = speech.token_ids_to_units(generated[0, prompt.shape[1] :])
+        units = self.speech_units_batch([text], **kwargs)[0]
         if not units:
             raise NoSpeechUnitsError(f"the model produced no speech units for {text!r}")
         return units
 
-    def units_to_frames(self, units, **kwargs) -> list:
-        """Frame-level units for the acoustic LM: with a duration predictor, each spoken (collapsed) unit repeated
-        for its predicted frames (`duration_temperature`, default 0 = median durations; `speed`, default 1.0)."""
-        predictor = self.speech_parts.get("duration_predictor")
-        if predictor is None:
-            return list(units)
-        durations = predictor.predict(
-            units, temperature=kwargs.get("duration_temperature", 0.0), speed=kwargs.get("speed", 1.0)
+    def speech_units_batch(self, texts: list, **kwargs) -> list:
+        """The LLM's units for short texts in one left-padded generation, each cut at its own cap (`units_cap`),
+        so each list equals what the text gets alone (greedy decoding; sampling draws from one stream)."""
+        prompts = [self._prompt_ids(text) for text in texts]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.speech_ids.end
+        input_ids, attention_mask = pad_token_ids(prompts, pad_id, side="left")
+        caps = [self.units_cap(text, **kwargs) for text in texts]
+        llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
+        llm_kwargs["max_new_tokens"] = max(caps)
+        generated = super().generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(self.speech_ids)]),
+            eos_token_id=self.speech_ids.end,
+            pad_token_id=pad_id,
+            **llm_kwargs,
         )
-        return expand_units(units, durations)
+        new_tokens = generated[:, input_ids.shape[1] :]
+        return [self.speech_ids.token_ids_to_units(row[:cap]) for row, cap in zip(new_tokens, caps)]
 
-    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, **kwargs) -> torch.Tensor:
-        """Semantic units -> frames (durations) -> acoustic codes (acoustic LM, in the voice of `prompt_codes`) ->
-        waveform. Frames past `max_frames` (`frame_cap` of the text) are cut, with a warning. Sampling defaults
-        (temperature 0.4, top-k 10) are the settings measured best in benchmarks/."""
-        frames = self.units_to_frames(units, **kwargs)
+    def units_to_frames(self, units, seed=None, max_frames=None, **kwargs) -> list:
+        """Frame-level units for the acoustic LM: with a duration predictor, each spoken (collapsed) unit repeated
+        for its predicted frames (`duration_temperature`, default 0 = median durations; `speed`, default 1.0).
+        Frames past `max_frames` (`frame_cap` of the text) are cut, with a warning."""
+        frames = list(units)
+        if self.duration_predictor is not None:
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            durations = self.duration_predictor.predict(
+                units,
+                temperature=self.speech_setting("duration_temperature", kwargs),
+                speed=self.speech_setting("speed", kwargs),
+                generator=generator,
+            )
+            frames = expand_units(units, durations)
         if max_frames is not None and len(frames) > max_frames:
-            rate = self.speech_parts["acoustic_lm"].config.acoustic_frame_rate
             logger.warning(
                 "the units' durations come to %d frames, more than the text's cap of %d (an undertrained duration "
                 "predictor?): the speech is cut at %.1f s",
                 len(frames),
                 max_frames,
-                max_frames / rate,
+                max_frames / self.acoustic_lm.config.acoustic_frame_rate,
             )
             frames = frames[:max_frames]
-        codes = self.speech_parts["acoustic_lm"].generate(
-            torch.tensor([frames]),
-            prompt_codes=None if prompt_codes is None else prompt_codes[None],
-            temperature=kwargs.get("acoustic_temperature", ACOUSTIC_TEMPERATURE),
-            top_k=kwargs.get("acoustic_top_k", ACOUSTIC_TOP_K),
-            do_sample=kwargs.get("acoustic_do_sample", True),
+        return frames
+
+    def frames_to_waveforms(self, frames: list, prompt_codes=None, seeds=None, **kwargs) -> list:
+        """Frame-level units of several pieces -> acoustic codes in one batched acoustic LM pass (in the voice of
+        `prompt_codes`: one prompt for all, or a list with one per piece) -> each piece's waveform. Each piece
+        samples from its own seed (drawn from torch's RNG when `seeds` is None); sampling settings as
+        `speech_setting` finds them."""
+        if seeds is None:
+            seeds = [piece_seed_base(None) for _ in frames]
+        if isinstance(prompt_codes, (list, tuple)):
+            prompts = [None if codes is None else codes.to(self.device) for codes in prompt_codes]
+        else:
+            prompts = None if prompt_codes is None else prompt_codes[None].to(self.device)
+        output = self.acoustic_lm.generate(
+            [torch.tensor(piece, device=self.device) for piece in frames],
+            prompt_codes=prompts,
+            temperature=self.speech_setting("acoustic_temperature", kwargs),
+            top_k=self.speech_setting("acoustic_top_k", kwargs),
+            do_sample=self.speech_setting("acoustic_do_sample", kwargs),
+            seed=list(seeds),
+            return_dict_in_generate=True,
         )
-        return self.speech_parts["codec"].decode(codes)[0].float().clamp(-1, 1)
+        return [self._decode(output.codes[index : index + 1, :, : int(length)]) for index, length in
+                enumerate(output.lengths)]  # fmt: skip
+
+    def _decode(self, codes: torch.LongTensor) -> torch.Tensor:
+        """One piece's codes -> its waveform; a piece of a single frame (a model that said one unit) is held for a
+        second frame, the least a vocoder's frames overlap into sound."""
+        if codes.shape[-1] < MIN_DECODE_FRAMES:
+            logger.warning("the piece is %d acoustic frame(s) long: held to %d", codes.shape[-1], MIN_DECODE_FRAMES)
+            codes = torch.cat([codes] + [codes[:, :, -1:]] * (MIN_DECODE_FRAMES - codes.shape[-1]), dim=-1)
+        return self.codec.decode(codes)[0].float().clamp(-1, 1).cpu()
+
+    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, seed=None, **kwargs) -> torch.Tensor:
+        """Semantic units of one piece -> frames (durations) -> acoustic codes -> waveform."""
+        seed = piece_seed_base(seed)
+        frames = self.units_to_frames(units, seed=seed, max_frames=max_frames, **kwargs)
+        return self.frames_to_waveforms([frames], prompt_codes, [seed], **kwargs)[0]
+
+
+def piece_seed_base(seed, reseed_llm: bool = False) -> int:
+    """The seed of a text's first piece: `seed` itself, or (None) a draw from torch's global RNG, so
+    `torch.manual_seed` still fixes the result. With `reseed_llm`, a given seed also seeds torch's global RNG,
+    which the LLM samples from (`do_sample=True`)."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed={seed!r}: give a whole number (or None)")
+    if reseed_llm:
+        torch.manual_seed(int(seed))
+    return int(seed)
 
 
 MoLELlamaForTextToWaveform.register_for_auto_class("AutoModelForTextToWaveform")
 
-__all__ = ["MoLELlamaForTextToWaveform", "NoSpeechUnitsError", "check_speaking_kwargs", "split_text"]
+__all__ = ["MoLELlamaForTextToWaveform", "NoSpeechUnitsError", "check_speaking_kwargs", "piece_seed_base", "split_text"]

@@ -20,6 +20,19 @@ TTS_SYSTEM = "You speak."
 """A system turn of its own: without one, SmolLM2's chat template adds its ~20-token default to every TTS example."""
 
 
+def pad_token_ids(sequences: list, pad_id: int, side: str) -> tuple:
+    """Pad token id lists to one `(batch, longest)` tensor, on the left (generation) or right (teacher forcing);
+    done here so the caller's tokenizer is never changed."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        span = slice(longest - len(ids), longest) if side == "left" else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
 def unit_token(index: int) -> str:
     return f"{SPEECH_TOKEN_PREFIX}{index}|>"
 
