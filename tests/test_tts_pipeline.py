@@ -82,12 +82,75 @@ def test_pipeline_speaks_in_the_text_to_audio_format(tts_dir):
     assert AutoModelForCausalLM.from_pretrained(tts_dir).__class__ is MoLELlamaForCausalLM
 
 
-def test_other_models_keep_the_stock_pipeline(tmp_path):
-    """Registering our model changes nothing for other text-to-audio models (the stock class still serves)."""
-    from transformers.pipelines import PIPELINE_REGISTRY
+def test_our_models_get_a_tts_llama_pipeline_with_its_extras(tts_dir, tmp_path):
+    import soundfile
 
-    task, spec, _ = PIPELINE_REGISTRY.check_task("text-to-speech")
-    assert task == "text-to-audio" and str(spec["impl"]).endswith("text_to_audio.TextToAudioPipeline")
+    from mole_llama import TTSLlamaPipeline
+
+    speaker = pipeline("text-to-speech", model=str(tts_dir))
+    assert type(speaker) is TTSLlamaPipeline
+    t = np.arange(32000) / 16000
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    soundfile.write(tmp_path / "voice.wav", stereo.astype(np.float32), 16000)
+    by_file = speaker("Hello there.", voice=str(tmp_path / "voice.wav"), seed=2)
+    by_array = speaker("Hello there.", generate_kwargs={"voice": (stereo.mean(axis=1), 16000), "seed": 2})
+    np.testing.assert_allclose(by_file["audio"], by_array["audio"], atol=1e-4)  # the file is 16-bit PCM
+    outputs = speaker(["One.", "Two words here."], seed=1, batch_size=2)
+    assert [set(output) for output in outputs] == [{"audio", "sampling_rate"}] * 2
+    chunks = list(speaker.stream("First one. Second one.", seed=4))
+    assert len(chunks) == 2 and all(chunk["sampling_rate"] == 16000 for chunk in chunks)
+    joined = np.concatenate([chunk["audio"] for chunk in chunks])
+    np.testing.assert_array_equal(joined, speaker("First one. Second one.", seed=4)["audio"])
+    for bad, message in (([], "non-empty list"), ([3], "strings"), ("Hi.", "batch_size=0")):
+        with pytest.raises(ValueError, match=message):
+            speaker(bad, batch_size=0) if bad == "Hi." else speaker(bad)
+    with pytest.raises(ValueError, match="unknown generation setting.*spede"):
+        speaker("Hi.", spede=2.0)
+
+
+def _stock_audio(model, tokenizer, text, named_class):
+    from transformers import set_seed
+
+    speaker = pipeline("text-to-speech", model=model, tokenizer=tokenizer, pipeline_class=named_class)
+    set_seed(0)
+    return type(speaker), speaker(text, forward_params={"max_new_tokens": 6} if model.can_generate() else {})
+
+
+def test_other_text_to_audio_models_get_the_stock_pipeline_and_the_same_audio():
+    """Importing mole_llama changes nothing for other models: a tiny VITS (forward) and a tiny MusicGen (generate)
+    get the stock class and, for the same seed, the very audio the stock class gives when named explicitly."""
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+        TextToAudioPipeline,
+        VitsConfig,
+        VitsModel,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
+    torch.manual_seed(0)
+    vits = VitsModel(VitsConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                ffn_dim=16, flow_size=8, spectrogram_bins=17, upsample_initial_channel=8,
+                                upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3],
+                                resblock_dilation_sizes=[[1]], prior_encoder_num_flows=1,
+                                posterior_encoder_num_wavenet_layers=1,
+                                duration_predictor_filter_channels=8, depth_separable_num_layers=1,
+                                prior_encoder_num_wavenet_layers=1)).eval()  # fmt: skip
+    musicgen = MusicgenForConditionalGeneration(MusicgenConfig(
+        text_encoder=T5Config(vocab_size=len(tokenizer), d_model=8, d_ff=16, d_kv=4, num_layers=1, num_heads=2),
+        audio_encoder=EncodecConfig(codebook_size=16, hidden_size=8, num_filters=2, target_bandwidths=[1.5]),
+        decoder=MusicgenDecoderConfig(vocab_size=16, hidden_size=8, ffn_dim=16, num_hidden_layers=1,
+                                      num_attention_heads=2, num_codebooks=2, pad_token_id=16, bos_token_id=16),
+    )).eval()  # fmt: skip
+    for model in (vits, musicgen):
+        default_class, default = _stock_audio(model, tokenizer, "Hello there.", None)
+        named_class, named = _stock_audio(model, tokenizer, "Hello there.", TextToAudioPipeline)
+        assert default_class is named_class is TextToAudioPipeline
+        np.testing.assert_array_equal(default["audio"], named["audio"])
+        assert default["sampling_rate"] == named["sampling_rate"]
 
 
 def test_remote_code_gives_the_same_audio(tts_dir, tmp_path):
@@ -151,16 +214,16 @@ def test_a_model_that_speaks_collapsed_units_times_them_with_its_duration_predic
 
     model = pipeline("text-to-speech", model=str(tts_dir)).model
     torch.manual_seed(0)
-    model.speech_parts["duration_predictor"] = DurationPredictorModel(
+    model.duration_predictor = DurationPredictorModel(
         DurationPredictorConfig(num_units=UNITS, hidden_size=8, num_layers=1)
     ).eval()
     model.save_pretrained(tmp_path / "collapsed")
     assert (tmp_path / "collapsed" / "duration_predictor" / "model.safetensors").is_file()
     loaded = pipeline("text-to-speech", model=str(tmp_path / "collapsed")).model
     units = [3, 7, 3]
-    durations = loaded.speech_parts["duration_predictor"].predict(units)
+    durations = loaded.duration_predictor.predict(units)
     assert loaded.units_to_frames(units) == [u for u, d in zip(units, durations) for _ in range(d)]
-    assert sum(durations) < sum(loaded.speech_parts["duration_predictor"].predict(units, speed=0.5))
+    assert sum(durations) < sum(loaded.duration_predictor.predict(units, speed=0.5))
     # A random LLM rarely ends its segment: the text-length cap stops it, not max_new_tokens.
     text = "Hi there."
     assert len(loaded.speech_units(text)) <= int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
@@ -172,13 +235,13 @@ def _never_called(*args, **kwargs):
 
 def test_caps_out_of_range_are_refused_before_the_llm_runs(tts_dir, monkeypatch):
     model = pipeline("text-to-speech", model=str(tts_dir)).model
-    monkeypatch.setattr(model, "speech_units", _never_called)
+    monkeypatch.setattr(model, "speech_units_batch", _never_called)
     for bad in (0, -3, 10**6, 1.5, "12", True):
         with pytest.raises(ValueError, match="max_new_tokens"):
             model.speak("Hello there.", max_new_tokens=bad)
     # a voice prompt that leaves no room in the acoustic LM's positions for the piece's frames
-    monkeypatch.setattr(model.speech_parts["acoustic_lm"].config, "max_position_embeddings", 64)
-    prompt = torch.zeros(60, 2, dtype=torch.long)
+    monkeypatch.setattr(model.acoustic_lm.config, "max_position_embeddings", 64)
+    prompt = torch.zeros(2, 60, dtype=torch.long)  # (codebooks, frames)
     with pytest.raises(ValueError, match="shorter voice prompt"):
         model.speak("Hello there.", prompt)
 
@@ -192,18 +255,18 @@ def test_runaway_durations_are_cut_at_the_text_frame_cap(tts_dir, caplog):
     for parameter in predictor.parameters():  # every unit predicted to last max_duration frames
         torch.nn.init.zeros_(parameter)
     torch.nn.init.constant_(predictor.head.bias, 10.0)
-    model.speech_parts["duration_predictor"] = predictor
+    model.duration_predictor = predictor
     text = "Hi."
     assert len(model.units_to_frames([1, 2, 3])) == 3 * predictor.config.max_duration
     cap = model.frame_cap(text)
     with caplog.at_level("WARNING"):
         audio = model.speak(text, max_new_tokens=6)
     assert "cut at" in caplog.text
-    codec = model.speech_parts["codec"]
-    samples_per_frame = codec.sampling_rate / model.speech_parts["acoustic_lm"].config.acoustic_frame_rate
+    codec = model.codec
+    samples_per_frame = codec.sampling_rate / model.acoustic_lm.config.acoustic_frame_rate
     assert len(audio) == pytest.approx(cap * samples_per_frame, rel=0.05)
     assert model.frame_cap(text, speed=0.5) == 2 * cap
-    del model.speech_parts["duration_predictor"]
+    model.duration_predictor = None
 
 
 def test_a_long_text_is_spoken_piece_by_piece_with_a_progress_bar(tts_dir, capsys):
@@ -223,7 +286,7 @@ def test_a_long_text_is_spoken_piece_by_piece_with_a_progress_bar(tts_dir, capsy
 
 def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
     model = pipeline("text-to-speech", model=str(tts_dir)).model
-    tokenizer = model.speech_parts["tokenizer"]
+    tokenizer = model.tokenizer
     text = "One short sentence. And a second one! A third?"
     chunks = list(model.stream(text, seed=3))
     assert len(chunks) == 3
@@ -233,7 +296,7 @@ def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
 
 def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkeypatch):
     speaker = pipeline("text-to-speech", model=str(tts_dir))
-    monkeypatch.setattr(speaker.model, "speech_units", _never_called)
+    monkeypatch.setattr(speaker.model, "speech_units_batch", _never_called)
     cases = [
         ({"temprature": 0.7}, "unknown generation setting.*temprature"),
         ({"num_beams": 4}, "unknown generation setting.*num_beams"),
@@ -251,9 +314,49 @@ def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkey
 
 def test_speech_marker_strings_in_the_text_are_refused_not_dropped(tts_dir, monkeypatch):
     speaker = pipeline("text-to-speech", model=str(tts_dir))
-    monkeypatch.setattr(speaker.model, "speech_units", _never_called)
+    monkeypatch.setattr(speaker.model, "speech_units_batch", _never_called)
     for text in ("Hello <|speech_end|> world", "<|speech_3|> again", "and <|speech_start|>"):
-        with pytest.raises(ValueError, match="speech token strings"):
-            speaker(text)
         with pytest.raises(ValueError, match="speech tokens' names"):
-            speaker.model.speak(text)
+            speaker(text)
+        with pytest.raises(ValueError, match="speech token strings"):  # the stock pipeline's way in: token ids
+            speaker.model.generate(speaker.tokenizer(text, return_tensors="pt").input_ids)
+
+
+def test_a_batch_speaks_as_each_text_alone(tts_dir):
+    """Batched pieces (left-padded LLM generation, one acoustic LM pass) give what each text gets alone, with
+    greedy units and each piece sampling from its own seed."""
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    texts = ["Hello there.", "A somewhat longer sentence to read aloud. And one more.", "Yes!"]
+    batched = model.speak_texts(texts, seed=7, batch_size=4)
+    alone = [model.speak_texts([text], seed=7, batch_size=1)[0] for text in texts]
+    for one, other in zip(batched, alone):
+        torch.testing.assert_close(one, other, rtol=0, atol=1e-5)
+    units_batched = model.speech_units_batch(texts)
+    assert units_batched == [model.speech_units_batch([text])[0] for text in texts]
+
+
+def test_the_speech_parts_are_children_that_follow_the_model(tts_dir, tmp_path):
+    from safetensors import safe_open
+
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    children = dict(model.named_children())
+    assert {"acoustic_lm", "codec"} <= set(children)
+    model.to(torch.bfloat16)
+    for part in (model.acoustic_lm, model.codec):
+        assert {parameter.dtype for parameter in part.parameters()} == {torch.bfloat16}
+    audio = model.speak("Hello.", seed=0)
+    assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    model.to(torch.float32).save_pretrained(tmp_path / "again")
+    with safe_open(tmp_path / "again" / "model.safetensors", "pt") as weights:
+        assert not [key for key in weights.keys() if key.split(".")[0] in ("acoustic_lm", "codec")]
+    assert (tmp_path / "again" / "acoustic_lm" / "model.safetensors").is_file()
+
+
+def test_speech_sampling_defaults_live_in_the_saved_generation_config(tts_dir):
+    saved = json.loads((tts_dir / "generation_config.json").read_text())
+    assert saved["acoustic_temperature"] == 0.4 and saved["acoustic_top_k"] == 10 and saved["acoustic_do_sample"]
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    assert not torch.equal(model.speak("Hello.", seed=1), model.speak("Hello.", seed=2))  # sampled codes
+    model.generation_config.acoustic_do_sample = False  # greedy codes (and greedy units): the seed no longer matters
+    assert torch.equal(model.speak("Hello.", seed=1), model.speak("Hello.", seed=2))
+    assert not torch.equal(model.speak("Hello.", seed=1), model.speak("Hello.", seed=1, acoustic_do_sample=True))

@@ -1,7 +1,8 @@
 """mole-llama: teach a pretrained Llama to speak with LoRA experts and a learned router (arXiv 2410.20336).
 
 Importing the package registers its models with transformers' auto classes, so saved folders load with
-`AutoConfig` / `AutoModel` / `AutoModelForCausalLM` / `pipeline("text-to-speech")` and no `trust_remote_code`.
+`AutoConfig` / `AutoModel` / `AutoModelForCausalLM` / `pipeline("text-to-speech")` (a `TTSLlamaPipeline`) and no
+`trust_remote_code`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTextToWaveform
@@ -23,6 +24,7 @@ from .modeling.modeling_duration_predictor import DurationPredictorModel
 from .modeling.modeling_mel_codec import MelCodecModel
 from .modeling.modeling_semantic_units import SemanticUnitsModel
 from .modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
+from .pipelines import TTSLlamaPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ for config_class, model_class in (
 AutoModelForCausalLM.register(MoLELlamaConfig, MoLELlamaForCausalLM, exist_ok=True)
 # What pipeline("text-to-speech") loads for a MoLE-Llama folder: the same LLM, plus its speech parts.
 AutoModelForTextToWaveform.register(MoLELlamaConfig, MoLELlamaForTextToWaveform, exist_ok=True)
+register_pipeline()  # pipeline("text-to-speech") gives a TTSLlamaPipeline for our models, the stock one for others
 
 __all__ = [
     "NO_EXPERT",
@@ -55,4 +58,5 @@ __all__ = [
     "MoLELlamaPreTrainedModel",
     "SemanticUnitsConfig",
     "SemanticUnitsModel",
+    "TTSLlamaPipeline",
 ]

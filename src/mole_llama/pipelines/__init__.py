@@ -1,1 +1,5 @@
-"""Pipelines: TTSLlamaPipeline ("text-to-speech") lands here with the speech stack (issue 3)."""
+"""Pipelines: `TTSLlamaPipeline`, the "text-to-speech" pipeline of mole-llama's speaking models."""
+
+from .text_to_speech import TTSLlamaPipeline, register_pipeline
+
+__all__ = ["TTSLlamaPipeline", "register_pipeline"]
