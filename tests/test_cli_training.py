@@ -171,6 +171,10 @@ def test_errors_name_the_fix(workspace, capsys):
     with pytest.raises(SystemExit):
         run("ask", "  ", "-m", workspace / "no-such-model")
     assert "the question is empty" in capsys.readouterr().err
+    # a speech part a stage reads is looked for where the step that makes it writes, and named when absent
+    with pytest.raises(SystemExit):
+        run("train-tts", "--dataset", workspace / "no-such-data", "--semantic-tokenizer", workspace / "none")
+    assert "no semantic tokenizer at" in (err := capsys.readouterr().err) and "fit-semantic-tokenizer" in err
 
 
 @pytest.mark.parametrize("name", ["embedded", "paper"])

@@ -199,6 +199,20 @@ def _folder(recipe: dict, given, stage: str) -> Path:
     return stage_output(recipe, stage, given)
 
 
+PART_MAKERS = {"semantic_tokenizer": "fit-semantic-tokenizer", "codec": "train-codec"}
+
+
+def _part_folder(recipe: dict, given, stage: str) -> Path:
+    """A speech part a stage reads (given, or under output_dir), refused with the step that makes it when absent."""
+    folder = _folder(recipe, given, stage)
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"no {stage.replace('_', ' ')} at {folder}: run `mole-llama {PART_MAKERS[stage]}` first, or pass "
+            f"--{stage.replace('_', '-')} DIR"
+        )
+    return folder
+
+
 def _dataset(args, recipe: dict, stage: str | None = None):
     from .training.stages import load_any_dataset
 
@@ -226,10 +240,11 @@ def cmd_prepare(args) -> None:
     from .training.stages import prepare_stage
 
     recipe = _recipe(args)
-    out, report = prepare_stage(
-        recipe, _dataset(args, recipe), _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
-        _folder(recipe, args.codec, "codec"), _folder(recipe, args.out, "prepared"),
-    )  # fmt: skip
+    units, codec = (
+        _part_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+        _part_folder(recipe, args.codec, "codec"),
+    )
+    out, report = prepare_stage(recipe, _dataset(args, recipe), units, codec, _folder(recipe, args.out, "prepared"))
     print(report.summary(), file=sys.stderr)
     print(out)
 
@@ -238,16 +253,12 @@ def cmd_train_acoustic_lm(args) -> None:
     from .training.stages import train_acoustic_lm_stage
 
     recipe = _recipe(args)
-    print(
-        train_acoustic_lm_stage(
-            recipe,
-            _dataset(args, recipe, "prepared"),
-            _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
-            _folder(recipe, args.codec, "codec"),
-            _folder(recipe, args.out, "acoustic_lm"),
-            resume=args.resume,
-        )  # fmt: skip
+    units, codec = (
+        _part_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+        _part_folder(recipe, args.codec, "codec"),
     )
+    out = _folder(recipe, args.out, "acoustic_lm")
+    print(train_acoustic_lm_stage(recipe, _dataset(args, recipe, "prepared"), units, codec, out, resume=args.resume))
 
 
 def _optional_folder(recipe: dict, given, stage: str):
@@ -262,24 +273,21 @@ def cmd_train_duration(args) -> None:
     from .training.stages import train_duration_stage
 
     recipe = _recipe(args)
-    print(
-        train_duration_stage(
-            recipe,
-            _dataset(args, recipe, "prepared"),
-            _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
-            _folder(recipe, args.out, "duration_predictor"),
-            resume=args.resume,
-        )  # fmt: skip
+    units, out = (
+        _part_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
+        _folder(recipe, args.out, "duration_predictor"),
     )
+    print(train_duration_stage(recipe, _dataset(args, recipe, "prepared"), units, out, resume=args.resume))
 
 
 def cmd_train_tts(args) -> None:
     from .training.stages import load_any_dataset, train_tts_stage
 
     recipe = _recipe(args)
+    units = _part_folder(recipe, args.semantic_tokenizer, "semantic_tokenizer")  # checked before the data loads
     written = train_tts_stage(
-        recipe, _dataset(args, recipe, "prepared"), _folder(recipe, args.semantic_tokenizer, "semantic_tokenizer"),
-        _folder(recipe, args.out, "tts"), acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
+        recipe, _dataset(args, recipe, "prepared"), units, _folder(recipe, args.out, "tts"),
+        acoustic_lm_dir=_optional_folder(recipe, args.acoustic_lm, "acoustic_lm"),
         codec_dir=_optional_folder(recipe, args.codec, "codec"), resume=args.resume,
         duration_predictor_dir=_optional_folder(recipe, args.duration_predictor, "duration_predictor"),
         eval_prepared=load_any_dataset(args.eval_dataset) if args.eval_dataset else None,

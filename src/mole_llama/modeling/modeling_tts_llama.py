@@ -326,6 +326,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
                                  "speaks frame-level units")  # fmt: skip
         pieces = split_text(check_tts_text(text))
+        specials = sorted(token for token in self.tokenizer.all_special_tokens if token in text)
+        if specials:  # the tokenizer would read them as control tokens (a turn's end, a new turn), not as words
+            raise ValueError(f"the text contains the tokenizer's special token(s) {specials}: remove them from the text")
         max_new_tokens = kwargs.get("max_new_tokens")
         if max_new_tokens is not None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
@@ -402,6 +405,11 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def speech_units_batch(self, texts: list, **kwargs) -> list:
         """The LLM's units for short texts in one left-padded generation, each cut at its own cap (`units_cap`),
         so each list equals what the text gets alone (greedy decoding; sampling draws from one stream)."""
+        return [self.speech_ids.token_ids_to_units(row) for row in self.speech_token_rows(texts, **kwargs)]
+
+    def speech_token_rows(self, texts: list, **kwargs) -> list:
+        """The tokens the LLM generates after each text's start marker (constrained to units and the end marker),
+        cut at the text's units cap."""
         prompts = [self._prompt_ids(text) for text in texts]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.speech_ids.end
         input_ids, attention_mask = pad_token_ids(prompts, pad_id, side="left")
@@ -416,8 +424,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             pad_token_id=pad_id,
             **llm_kwargs,
         )
-        new_tokens = generated[:, input_ids.shape[1] :]
-        return [self.speech_ids.token_ids_to_units(row[:cap]) for row, cap in zip(new_tokens, caps)]
+        return [row[:cap] for row, cap in zip(generated[:, input_ids.shape[1] :], caps)]
 
     def units_to_frames(self, units, seed=None, max_frames=None, **kwargs) -> list:
         """Frame-level units for the acoustic LM: with a duration predictor, each spoken (collapsed) unit repeated
