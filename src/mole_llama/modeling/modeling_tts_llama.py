@@ -328,7 +328,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         pieces = split_text(check_tts_text(text))
         specials = sorted(token for token in self.tokenizer.all_special_tokens if token in text)
         if specials:  # the tokenizer would read them as control tokens (a turn's end, a new turn), not as words
-            raise ValueError(f"the text contains the tokenizer's special token(s) {specials}: remove them from the text")
+            raise ValueError(
+                f"the text contains the tokenizer's special token(s) {specials}: remove them from the text"
+            )
         max_new_tokens = kwargs.get("max_new_tokens")
         if max_new_tokens is not None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
