@@ -44,15 +44,15 @@ def parts_of(run: Path) -> dict:
     }
 
 
-def training_facts(adapter: Path, continued_from: Path | None = None) -> dict:
+def training_facts(adapter: Path, continued_from: list | None = None) -> dict:
     """Steps, examples, the learning curve and run time from the trainer state beside the adapter; with
-    `continued_from` (the checkpoint the run started from with --init-adapter), that run's steps and CPU minutes
-    come first, so the card shows the whole training."""
+    `continued_from` (the earlier runs' checkpoints, oldest first, each run started from the next with
+    --init-adapter), their steps and CPU minutes come first, so the card shows the whole training."""
     states = sorted(adapter.glob("**/trainer_state.json"), key=lambda p: json.loads(p.read_text())["global_step"])
     if not states:
         return {}
     state = json.loads(states[-1].read_text())
-    earlier = training_facts(continued_from) if continued_from else {}
+    earlier = training_facts(continued_from[-1], continued_from[:-1]) if continued_from else {}
     steps_before = earlier.get("steps", 0)
     cpu_before = earlier["learning_curve"][-1][1] if earlier.get("learning_curve") else 0.0
     curve = [entry for entry in state["log_history"] if "unit_error_rate" in entry]
@@ -187,7 +187,13 @@ def main():
     parser.add_argument("--corpus", required=True, help="the build-corpus folder (its test split is scored)")
     parser.add_argument("--sentences", type=int, default=50)
     parser.add_argument("--out", type=Path, help="keep the evaluation's clips and metrics.json here")
-    parser.add_argument("--continued-from", type=Path, help="the checkpoint this run started from (--init-adapter)")
+    parser.add_argument(
+        "--continued-from",
+        type=Path,
+        nargs="+",
+        help="the checkpoints this run started from (its "
+        "--init-adapter), oldest first: e.g. OUT/tts/adapter/checkpoint-500 OUT/tts_anneal/adapter",
+    )
     parser.add_argument("--training-notes", default="lr 2e-3.", help="the learning-rate schedule, in words")
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
