@@ -237,7 +237,6 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
     def speak_texts(self, texts, voice=None, seed=None, batch_size=None, **kwargs) -> list:
         """Each text's waveform (1-D float tensors), in the voice of the reference `voice`."""
-        self._check_loaded()
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         plans = [self.plan_pieces(text, prompt_codes, **kwargs) for text in texts]
         return self._speak_plans(plans, prompt_codes, seed, batch_size, **kwargs)
@@ -269,8 +268,11 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             start += len(pieces)
         return audio
 
+    def _pause(self, dtype) -> torch.Tensor:
+        return torch.zeros(int(PAUSE_SECONDS * self.sampling_rate), dtype=dtype)
+
     def _join(self, waves: list) -> torch.Tensor:
-        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate), dtype=waves[0].dtype)
+        pause = self._pause(waves[0].dtype)
         return torch.cat([part for wave in waves[:-1] for part in (wave, pause)] + [waves[-1]])
 
     def voice_prompt(self, voice) -> torch.LongTensor:
@@ -310,10 +312,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
         first_seed = piece_seed_base(seed, reseed_llm=True)
-        pause = torch.zeros(int(PAUSE_SECONDS * self.sampling_rate))
         for index, piece in enumerate(pieces):
             wave = self.speak_batch([piece], [first_seed + index], prompt_codes, **kwargs)[0]
-            yield wave if index == len(pieces) - 1 else torch.cat([wave, pause.to(wave.dtype)])
+            yield wave if index == len(pieces) - 1 else torch.cat([wave, self._pause(wave.dtype)])
 
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
@@ -453,13 +454,10 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             frames = frames[:max_frames]
         return frames
 
-    def frames_to_waveforms(self, frames: list, prompt_codes=None, seeds=None, **kwargs) -> list:
+    def frames_to_waveforms(self, frames: list, prompt_codes, seeds: list, **kwargs) -> list:
         """Frame-level units of several pieces -> acoustic codes in one batched acoustic LM pass (in the voice of
         `prompt_codes`: one prompt for all, or a list with one per piece) -> each piece's waveform. Each piece
-        samples from its own seed (drawn from torch's RNG when `seeds` is None); sampling settings as
-        `speech_setting` finds them."""
-        if seeds is None:
-            seeds = [piece_seed_base(None) for _ in frames]
+        samples from its own seed; sampling settings as `speech_setting` finds them."""
         if isinstance(prompt_codes, (list, tuple)):
             prompts = [None if codes is None else codes.to(self.device) for codes in prompt_codes]
         else:
@@ -483,12 +481,6 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             logger.warning("the piece is %d acoustic frame(s) long: held to %d", codes.shape[-1], MIN_DECODE_FRAMES)
             codes = torch.cat([codes] + [codes[:, :, -1:]] * (MIN_DECODE_FRAMES - codes.shape[-1]), dim=-1)
         return self.codec.decode(codes)[0].float().clamp(-1, 1).cpu()
-
-    def units_to_waveform(self, units, prompt_codes=None, max_frames=None, seed=None, **kwargs) -> torch.Tensor:
-        """Semantic units of one piece -> frames (durations) -> acoustic codes -> waveform."""
-        seed = piece_seed_base(seed)
-        frames = self.units_to_frames(units, seed=seed, max_frames=max_frames, **kwargs)
-        return self.frames_to_waveforms([frames], prompt_codes, [seed], **kwargs)[0]
 
 
 def piece_seed_base(seed, reseed_llm: bool = False) -> int:
