@@ -5,7 +5,8 @@
   acoustic LM, codec (vocoder), and the whole `speak` call;
 - time to the first streamed chunk of a one-sentence text;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
-- MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences).
+- MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences), and per LLM token with soft (learned)
+  and hard (top-1) routing.
 
     python benchmarks/bench_tts.py [--sentences 8] [--batch 8] [--threads 2]
 """
@@ -15,7 +16,7 @@ import statistics
 import time
 
 import torch
-from transformers import pipeline
+from transformers import GenerationMixin, pipeline
 
 from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import embedded_model_path
@@ -38,6 +39,22 @@ def stage_seconds(model, text: str, seed: int) -> dict:
     wave, codec = timed(model._decode, output.codes[:, :, : int(output.lengths[0])])
     return {"LLM": llm, "durations": durations, "acoustic LM": acoustic, "codec": codec,
             "audio": len(wave) / model.sampling_rate}  # fmt: skip
+
+
+def seconds_per_token(model, prompt: torch.Tensor, tokens: int = 40) -> float:
+    """Median over 5 runs of the LLM's seconds per generated token (forced to `tokens`, greedy, with the cache)."""
+    settings = dict(attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
+                    min_new_tokens=tokens)  # fmt: skip
+    runs = [timed(GenerationMixin.generate, model, prompt, **settings)[1] / tokens for _ in range(5)]
+    return statistics.median(runs)
+
+
+def set_hard_routing(model, hard: bool) -> None:
+    from mole_llama.modeling.modeling_mole_llama import MoLERouter
+
+    for module in model.modules():
+        if isinstance(module, MoLERouter):
+            module.hard = hard
 
 
 def main():
@@ -83,6 +100,18 @@ def main():
     mole_seconds = sum(timed(mole.speak, text, seed=seed)[1] for seed, text in enumerate(spoken))
     print(f"MoLE-Llama speaking / TTS-Llama: {mole_seconds:.1f} s / {tts_seconds:.1f} s = "
           f"x{mole_seconds / tts_seconds:.2f}")  # fmt: skip
+
+    prompt = torch.tensor([tts._prompt_ids(one)])
+    per_token = {
+        "TTS-Llama": seconds_per_token(tts, prompt),
+        "MoLE-Llama, soft routing": seconds_per_token(mole, prompt),
+    }
+    set_hard_routing(mole, True)
+    per_token["MoLE-Llama, hard routing"] = seconds_per_token(mole, prompt)
+    set_hard_routing(mole, mole.config.hard_routing)
+    print("\n| LLM | ms per token | vs TTS-Llama |\n|---|---:|---:|")
+    for name, seconds in per_token.items():
+        print(f"| {name} | {1000 * seconds:.1f} | x{seconds / per_token['TTS-Llama']:.2f} |")
 
 
 if __name__ == "__main__":
