@@ -16,10 +16,11 @@ from trl import SFTConfig
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
+from mole_llama.evaluation.routing import DEFAULT_EXPERT_FOR_TASK, routed_token_counts
 from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, add_speech_tokens, unit_token
 from mole_llama.training.experts import ExpertLoraSettings, load_base_for_expert, train_expert
 from mole_llama.training.learning_curve import UnitErrorRateCallback
-from mole_llama.training.router import routing_shares, tokenize_probe, train_router
+from mole_llama.training.router import routing_shares, task_routing_loss, tokenize_probe, train_router
 from mole_llama.training.sft_data import mixed_examples, speech_completion, text_examples, tts_examples
 
 UNITS = 12
@@ -239,6 +240,42 @@ def test_router_training_changes_only_the_routers_and_routes_by_task(base_dir, s
     # the router tells the tasks apart (how well is measured on the real model, see evaluation)
     assert shares["routing/tts->speech"] > shares["routing/text->speech"] + 0.1, shares
     assert (tmp_path / "config.json").is_file() and (tmp_path / "tokenizer.json").is_file()
+
+
+def test_task_routing_loss_is_the_cross_entropy_against_each_examples_expert():
+    # two layers, two examples of three tokens; example 0 holds the speech marker (id 7) in its answer
+    labels = torch.tensor([[-100, 7, 5], [-100, -100, 4]])
+    weights = [torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.1, 0.9]], [[0.5, 0.5], [0.5, 0.5], [0.6, 0.4]]])] * 2
+    loss = task_routing_loss(weights, labels, speech_marker_id=7, expert_index={"text": 0, "tts": 1})
+    expected = -(math.log(0.8) + math.log(0.9) + math.log(0.6)) / 3  # answer tokens only, the same in both layers
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_routing_loss_sends_each_task_to_its_expert_more_sharply(base_dir, speech_expert, text_expert, tmp_path):
+    """The same short router training with and without the task routing loss: with it, the routing loss falls and
+    both tasks' answer tokens weigh their own expert more, the LM loss still training."""
+    tokenizer = AutoTokenizer.from_pretrained(speech_expert[0])
+    data = mixed_examples(tts_examples(speech_rows(32, seed=2)), text_examples(qa_rows(32, seed=2)))
+    probe = tokenize_probe(tokenizer, [row for row in data])
+    weights = {}
+    for weight in (0.0, 10.0):  # the tiny random model's LM loss is ~10: the routing loss must weigh in
+        model = build_mole_from_adapters(
+            base_dir, {"text": text_expert[0], "speech": speech_expert[0]}, router_hidden_size=16
+        )
+        trainer = train_router(
+            model, tokenizer, data, sft_args(tmp_path / str(weight), max_steps=12, learning_rate=5e-2),
+            routing_loss_weight=weight,
+        )  # fmt: skip
+        counts = routed_token_counts(model, probe)
+        weights[weight] = {
+            task: float(count["weight_sums"][model.config.expert_names.index(DEFAULT_EXPERT_FOR_TASK[task])])
+            / count["tokens"]
+            for task, count in counts.items()
+        }
+        logged = [entry["routing_loss"] for entry in trainer.state.log_history if "routing_loss" in entry]
+        assert bool(logged) == bool(weight), logged
+    assert weights[10.0]["tts"] > weights[0.0]["tts"] and weights[10.0]["text"] > weights[0.0]["text"], weights
+    assert logged[-1] < logged[0], logged
 
 
 def test_router_training_refuses_what_it_cannot_train(base_dir, speech_expert, tmp_path):

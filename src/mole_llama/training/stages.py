@@ -326,7 +326,10 @@ def train_router_stage(
     tokenizer = AutoTokenizer.from_pretrained(speech_adapter)
     mixed = mixed_examples(_tts_examples(recipe, prepared), text_examples(text_dataset, messages_column))
     args = sft_config(recipe, "router", out)
-    trainer = train_router(model, tokenizer, mixed, args, resume_from_checkpoint=_resume(out, resume))
+    trainer = train_router(
+        model, tokenizer, mixed, args, resume_from_checkpoint=_resume(out, resume),
+        routing_loss_weight=float(settings.get("routing_loss_weight", 0.0)),
+    )  # fmt: skip
     if speaking and trainer.is_world_process_zero():
         parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
         semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir) if semantic_tokenizer_dir else None
