@@ -233,8 +233,8 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert losses[-1] < 0.9 * losses[0], losses  # measured: 0.76 -> 0.60
 
-    # A longer run in the same folder resumes from checkpoint-160 rather than starting again.
-    model = train_mel_codec(data, str(tmp_path), config, steps=200, **kwargs)
+    # Asked to, a longer run in the same folder resumes from checkpoint-160 rather than starting again.
+    model = train_mel_codec(data, str(tmp_path), config, steps=200, resume=True, **kwargs)
     state = json.loads((tmp_path / "checkpoint-200" / "trainer_state.json").read_text())
     assert state["global_step"] == 200
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry][:8] == list(range(20, 161, 20))

@@ -176,6 +176,16 @@ def test_plain_array_dicts_are_read_too(speech, tokenizer, codec):
     assert list(row) == ["text", "semantic_units", "acoustic_codes", "seconds"]
 
 
+def test_a_row_with_sampling_rate_0_is_counted_as_unreadable_not_a_crash(speech, tokenizer, codec):
+    text, waveform, rate = speech[1]
+    rows = [{"array": waveform, "sampling_rate": 0}, {"array": waveform, "sampling_rate": rate}]
+    dataset = Dataset.from_dict({"text": [text, text], "audio": rows})
+    prepared, report = prepare_speech_dataset(dataset, tokenizer, codec, return_report=True)
+    assert len(prepared) == 1 and report.skipped == {"unreadable audio": 1}
+    with pytest.raises(ValueError, match="sampling rate is 0"):
+        decode_audio(rows[0])
+
+
 def test_streaming_gives_the_same_rows(prepared, mixed, tokenizer, codec, caplog):
     dataset, report = prepared
     streamed, live = prepare_speech_dataset(

@@ -63,7 +63,7 @@ def cmd_export_expert(args) -> None:
     from .conversion.peft_experts import export_expert_adapter
     from .modeling import MoLELlamaForCausalLM
 
-    model = MoLELlamaForCausalLM.from_pretrained(args.model)
+    model = MoLELlamaForCausalLM.from_pretrained(args.model)  # checks the folder first
     print(export_expert_adapter(model, args.expert, args.out))
 
 
@@ -72,11 +72,13 @@ def cmd_ask(args) -> None:
 
     from .chat import greedy_chat_reply
     from .conversion.gguf import embedded_base_path
+    from .modeling.modeling_mole_llama import check_model_folder
 
     if not args.question.strip():
         raise ValueError('the question is empty: ask something, e.g. mole-llama ask "What is 2 plus 3?"')
     if args.speak:
         _check_audio_path(args.output)
+        _check_voice_file(getattr(args, "voice", None))
     if args.model:
         model_path = args.model
     elif args.speak:
@@ -89,6 +91,7 @@ def cmd_ask(args) -> None:
         speaker = _speaker(model_path)
         model, tokenizer = speaker.model, speaker.tokenizer
     else:
+        check_model_folder(model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     if args.routing is not None:
@@ -233,7 +236,7 @@ def cmd_train_codec(args) -> None:
     from .training.stages import train_codec_stage
 
     recipe = _recipe(args)
-    print(train_codec_stage(recipe, _dataset(args, recipe), _folder(recipe, args.out, "codec")))
+    print(train_codec_stage(recipe, _dataset(args, recipe), _folder(recipe, args.out, "codec"), resume=args.resume))
 
 
 def cmd_prepare(args) -> None:
@@ -356,9 +359,17 @@ def _write_wav(path, audio, rate) -> Path:
     return path
 
 
+def _check_voice_file(voice) -> None:
+    if voice and not Path(voice).is_file():
+        raise ValueError(f"--voice {voice}: no such file; give a recording of a few seconds (WAV, FLAC or OGG)")
+
+
 def _speaker(model_path):
     from transformers import pipeline
 
+    from .modeling.modeling_mole_llama import check_model_folder
+
+    check_model_folder(model_path)  # before transformers takes a missing path for a Hub id or applies stray adapters
     return pipeline("text-to-speech", model=str(model_path))
 
 
@@ -377,6 +388,7 @@ def _speak(speaker, text: str, args) -> dict:
 
 def cmd_synthesize(args) -> None:
     _check_audio_path(args.output)
+    _check_voice_file(args.voice)
     if args.model:
         model_path = args.model
     else:
@@ -408,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     command = stage("fit-semantic-tokenizer", "fit the semantic units (k-means) on a speech dataset",
                     cmd_fit_semantic_tokenizer)  # fmt: skip
     command = stage("train-codec", "train the embedded codec (or save the recipe's EnCodec)", cmd_train_codec)
+    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     command = stage("prepare", "speech dataset -> text, semantic units, acoustic codes", cmd_prepare)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--codec", help="folder of train-codec")

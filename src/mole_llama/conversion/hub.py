@@ -116,6 +116,20 @@ def write_model_card(
     return out_dir / "README.md"
 
 
+def _read_metrics(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"--metrics {path}: no such file; `mole-llama evaluate --out DIR` writes DIR/metrics.json")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--metrics {path} is not JSON ({error}): give the metrics.json that evaluate wrote"
+        ) from error
+    if not isinstance(metrics, dict):
+        raise ValueError(f"--metrics {path} holds a {type(metrics).__name__}, not evaluate's metrics mapping")
+    return metrics
+
+
 def export_for_hub(model_dir, out_dir, repo_id: str, metrics=None, training: str = "") -> Path:
     """Copy a speaking model folder into `out_dir` as a complete Hub repository, with its model card.
 
@@ -135,11 +149,11 @@ def export_for_hub(model_dir, out_dir, repo_id: str, metrics=None, training: str
         raise ValueError(f"repo id {repo_id!r}: write it as ORG_OR_USER/NAME")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty: give a new folder")
+    if isinstance(metrics, (str, Path)):  # read before anything is copied, so a bad file leaves no half export
+        metrics = _read_metrics(Path(metrics))
     for relative in _model_files(model_dir):
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(model_dir / relative, out_dir / relative)
-    if isinstance(metrics, (str, Path)):
-        metrics = json.loads(Path(metrics).read_text())
     write_model_card(out_dir, repo_id, metrics, training)
     return out_dir
 
@@ -154,6 +168,17 @@ def push_to_hub(repo_dir, repo_id: str, private: bool = True, token: str | None 
     repo_dir = Path(repo_dir)
     if not (repo_dir / "README.md").is_file() or not (repo_dir / "config.json").is_file():
         raise ValueError(f"{repo_dir} is not an exported folder: run `mole-llama export` first")
+    exported = {*_model_files(repo_dir), Path("README.md")}
+    leftovers = sorted(
+        str(relative) for relative in (path.relative_to(repo_dir) for path in repo_dir.rglob("*") if path.is_file())
+        if relative not in exported and not any(part.startswith(".") for part in relative.parts)
+    )  # fmt: skip
+    if leftovers:
+        raise ValueError(
+            f"{repo_dir} holds files export never writes ({', '.join(leftovers[:3])}"
+            f"{', ...' if len(leftovers) > 3 else ''}: training leftovers?): run `mole-llama export --model "
+            f"{repo_dir} --out NEW_FOLDER` and push NEW_FOLDER"
+        )
     token = token or get_token()
     if not token:
         raise HubError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")

@@ -4,8 +4,11 @@ datasets 5 decodes audio through torchcodec, which needs FFmpeg's shared librari
 `decode=False` (path or bytes of a WAV/FLAC file) and decode them with soundfile instead.
 """
 
+import csv
 import io
+import json
 from math import gcd
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -41,9 +44,57 @@ def decode_audio(value, target_rate: int | None = None) -> tuple:
         raise ValueError("the audio value has neither an array, bytes nor a path")
     if waveform.ndim != 1:
         waveform = waveform.mean(axis=-1)
+    if rate <= 0:
+        raise ValueError(f"the audio's sampling rate is {rate}: it must be a positive number of Hz")
     if target_rate is not None:
         waveform, rate = resample(waveform, rate, target_rate), target_rate
     return waveform, rate
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+
+
+def is_audio_folder(folder) -> bool:
+    """A folder in datasets' audiofolder layout (a metadata file) or holding audio files directly."""
+    folder = Path(folder)
+    return folder.is_dir() and (
+        any((folder / name).is_file() for name in METADATA_FILES)
+        or any(path.suffix.lower() in AUDIO_SUFFIXES for path in folder.iterdir())
+    )
+
+
+def audio_folder_dataset(folder, audio_column: str = "audio"):
+    """A folder of audio files in datasets' audiofolder layout (`metadata.csv` or `metadata.jsonl` with a
+    `file_name` column and the others, e.g. `text`) as a Dataset whose `audio_column` holds `{"path", "bytes"}`.
+
+    datasets' own audiofolder loader encodes every clip with torchcodec while it builds the dataset, so it fails
+    without FFmpeg; this reads the same layout and leaves the decoding to `decode_audio` (soundfile)."""
+    from datasets import Dataset
+
+    folder = Path(folder)
+    present = [name for name in METADATA_FILES if (folder / name).is_file()]
+    if not present:
+        raise ValueError(
+            f"{folder} holds audio files but no metadata.csv or metadata.jsonl: add one with a file_name column "
+            "and a text column (datasets' audiofolder layout)"
+        )
+    path = folder / present[0]
+    if path.suffix == ".csv":
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or "file_name" not in rows[0]:
+        raise ValueError(f"{path} needs a file_name column naming each clip (datasets' audiofolder layout)")
+    if audio_column in rows[0]:
+        raise ValueError(f"{path} has a column named {audio_column!r}: that name is the audio's; rename it")
+    records = []
+    for row in rows:
+        row = dict(row)
+        clip = folder / row.pop("file_name")
+        records.append({audio_column: {"path": str(clip), "bytes": None}, **row})
+    return Dataset.from_list(records)
 
 
 def without_audio_decoding(dataset, audio_column: str = "audio"):

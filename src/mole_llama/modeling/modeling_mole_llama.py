@@ -11,9 +11,11 @@ This file is copied into saved model folders for `trust_remote_code=True`: it im
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
@@ -39,6 +41,38 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_mole_llama.MoLELlamaModel",
     "AutoModelForCausalLM": "modeling_mole_llama.MoLELlamaForCausalLM",
 }
+
+
+def check_model_folder(name_or_path) -> None:
+    """Refuse, with the fix, what `from_pretrained` would load wrongly or explain badly: a local path that does not
+    exist (it would be taken for a Hub id), a folder holding PEFT adapter files beside a full model (transformers
+    would apply that adapter on top, or load the adapter's base instead), a cut-short `model.safetensors`.
+    A Hub id (`ORG/NAME`, not a local path) passes untouched."""
+    text = str(name_or_path)
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        if text.startswith(("/", "./", "../", "~")) or text.count("/") != 1:
+            raise OSError(f"no model folder at {text}: give a folder that train-tts or train-router wrote, "
+                          "or a Hub repo id ORG/NAME")  # fmt: skip
+        return
+    if not folder.is_dir():
+        raise OSError(f"{text} is a file: give the model's folder (the one holding config.json)")
+    if (folder / "adapter_config.json").is_file() and (folder / "config.json").is_file():
+        raise ValueError(
+            f"{text} holds PEFT adapter files (adapter_config.json) beside a full model: transformers would load "
+            "that adapter instead of, or on top of, the model. Move them to a folder of their own (to add an "
+            "expert, use mole-llama build-mole or merge-expert)"
+        )
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise OSError(
+                f"{weights} is damaged ({error}): it was cut short, e.g. by an interrupted save or copy; "
+                "save or copy it again"
+            ) from error
 
 
 @dataclass
@@ -211,6 +245,12 @@ class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
             else:
                 init.kaiming_uniform_(weight, a=math.sqrt(5))
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, after `check_model_folder`."""
+        check_model_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, with an `auto_map` naming every entry point so the folder loads through `AutoConfig`,
         `AutoModel` and `AutoModelForCausalLM` with `trust_remote_code=True` where mole_llama is not installed."""
@@ -321,6 +361,7 @@ MoLELlamaModel.register_for_auto_class("AutoModel")
 MoLELlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "check_model_folder",
     "MoLECausalLMOutputWithPast",
     "MoLELinear",
     "MoLERouter",

@@ -282,7 +282,14 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         if isinstance(voice, (str, Path)):
             import soundfile
 
-            waveform, rate = soundfile.read(str(voice), dtype="float32", always_2d=True)
+            if not Path(voice).is_file():
+                raise ValueError(f"no voice file at {voice}: give a recording of a few seconds (WAV, FLAC or OGG)")
+            try:
+                waveform, rate = soundfile.read(str(voice), dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as error:
+                raise ValueError(
+                    f"cannot read the voice file {voice} as audio ({error}): give a WAV, FLAC or OGG"
+                ) from error
             waveform = waveform.mean(axis=1)
         elif isinstance(voice, tuple):
             waveform, rate = voice

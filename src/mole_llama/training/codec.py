@@ -81,7 +81,7 @@ def train_mel_codec(
     learning_rate: float = 2e-3,
     audio_column: str = "audio",
     init_frames: int = 20_000,
-    resume: bool = True,
+    resume: bool = False,
     save_steps: int = 500,
     logging_steps: int = 50,
     seed: int = 0,
@@ -90,8 +90,9 @@ def train_mel_codec(
     """Train a `MelCodecModel` on `data` (see `load_waveforms`) for `steps` optimiser steps and save it in `output_dir`.
 
     Before the first step the log-mel statistics and the codebooks (k-means) are set from `init_frames` frames of
-    random crops. Checkpoints go to `output_dir/checkpoint-*` every `save_steps`; with `resume` a run picks up from
-    the last one. Extra keyword arguments go to `TrainingArguments` (e.g. `lr_scheduler_type`, `report_to`).
+    random crops. Checkpoints go to `output_dir/checkpoint-*` every `save_steps`; only with `resume` does a run pick
+    up from the last one (a new run into an old folder starts afresh, with its own settings). Extra keyword arguments
+    go to `TrainingArguments` (e.g. `lr_scheduler_type`, `report_to`).
     """
     config = config or MelCodecConfig()
     if steps <= 0 or batch_size <= 0 or segment_seconds <= 0:
@@ -107,6 +108,8 @@ def train_mel_codec(
     torch.manual_seed(seed)
     model = MelCodecModel(config)
     checkpoint = get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
+    if resume and checkpoint is None:
+        logger.warning(f"resume: no checkpoint in {output_dir} yet, starting from the beginning")
     if checkpoint is None:  # a resumed run gets statistics and codebooks back from the checkpoint's weights
         frames_per_segment = model.features.num_frames(segment_samples)
         count = max(1, -(-init_frames // frames_per_segment))

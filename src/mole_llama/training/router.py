@@ -164,4 +164,11 @@ def train_router(
     return trainer
 
 
-__all__ = ["RouterSFTTrainer", "probe_examples", "routing_shares", "task_routing_loss", "tokenize_probe", "train_router"]
+__all__ = [
+    "RouterSFTTrainer",
+    "probe_examples",
+    "routing_shares",
+    "task_routing_loss",
+    "tokenize_probe",
+    "train_router",
+]

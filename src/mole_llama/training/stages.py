@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 from transformers.utils import logging
 
+from ..data.audio import audio_folder_dataset, is_audio_folder
 from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
 
 logger = logging.get_logger(__name__)
@@ -28,7 +29,8 @@ def base_model_path(recipe: dict) -> str:
 
 
 def load_any_dataset(source, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
-    """A folder written by `save_to_disk`, a JSON/JSONL file, a data folder (e.g. audiofolder), or a Hub id."""
+    """A folder written by `save_to_disk`, a JSON/JSONL file, a folder of audio files (audiofolder layout), another
+    data folder, or a Hub id."""
     path = Path(str(source))
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         dataset = load_from_disk(str(path))
@@ -39,6 +41,9 @@ def load_any_dataset(source, split: str = "train", streaming: bool = False) -> D
         return dataset.to_iterable_dataset() if streaming else dataset
     if path.is_file() and path.suffix in (".json", ".jsonl"):
         return load_dataset("json", data_files=str(path), split="train", streaming=streaming)
+    if is_audio_folder(path):
+        dataset = audio_folder_dataset(path)
+        return dataset.to_iterable_dataset() if streaming else dataset
     return load_dataset(str(source), split=split, streaming=streaming)
 
 
@@ -79,8 +84,9 @@ def fit_semantic_tokenizer_stage(recipe: dict, dataset, out) -> Path:
     return Path(out)
 
 
-def train_codec_stage(recipe: dict, dataset, out) -> Path:
-    """Train the embedded mel codec (resumable), or save the recipe's pretrained EnCodec in `out`."""
+def train_codec_stage(recipe: dict, dataset, out, resume=False) -> Path:
+    """Train the embedded mel codec (from its latest checkpoint with `resume`), or save the recipe's pretrained
+    EnCodec in `out`."""
     settings = section(recipe, "codec")
     kind = settings.pop("kind", "mel")
     if kind == "encodec":
@@ -98,7 +104,7 @@ def train_codec_stage(recipe: dict, dataset, out) -> Path:
 
     config = MelCodecConfig(**(settings.pop("config", None) or {}))
     audio_column = section(recipe, "data").get("audio_column", "audio")
-    train_mel_codec(dataset, str(out), config=config, audio_column=audio_column, **settings)
+    train_mel_codec(dataset, str(out), config=config, audio_column=audio_column, resume=resume, **settings)
     return Path(out)
 
 
