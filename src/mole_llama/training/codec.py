@@ -1,16 +1,14 @@
 """Train the embedded acoustic codec (`MelCodecModel`) with transformers' `Trainer` on random fixed-length crops."""
 
-import os
-
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.configuration_mel_codec import MelCodecConfig
 from ..modeling.modeling_mel_codec import MelCodecModel
+from .checkpoints import last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -107,7 +105,7 @@ def train_mel_codec(
 
     torch.manual_seed(seed)
     model = MelCodecModel(config)
-    checkpoint = get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
     if resume and checkpoint is None:
         logger.warning(f"resume: no checkpoint in {output_dir} yet, starting from the beginning")
     if checkpoint is None:  # a resumed run gets statistics and codebooks back from the checkpoint's weights

@@ -11,6 +11,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_f
 from transformers.utils import logging
 
 from ..data.audio import audio_folder_dataset, is_audio_folder
+from .checkpoints import last_complete_checkpoint
 from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
 
 logger = logging.get_logger(__name__)
@@ -175,12 +176,13 @@ def train_duration_stage(recipe: dict, prepared, semantic_tokenizer_dir, out, re
 
 
 def _resume(out, resume: bool):
-    """True (the latest checkpoint) when asked and one exists; a fresh run otherwise."""
-    if resume and any(Path(out).glob("checkpoint-*")):
-        return True
-    if resume:
+    """The latest complete checkpoint when asked and one exists; a fresh run otherwise."""
+    if not resume:
+        return None
+    checkpoint = last_complete_checkpoint(out)
+    if checkpoint is None:
         logger.warning(f"--resume: no checkpoint in {out} yet, starting from the beginning")
-    return None
+    return checkpoint
 
 
 def _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir=None) -> dict:
