@@ -49,7 +49,8 @@ def recipe(tmp_path_factory):
         gradient_checkpointing=False, use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, max_length=128,
         seed=0,
     )  # fmt: skip
-    recipe = {"base_model": str(root / "base"), "text_expert": {"lora": {"r": 4, "lora_alpha": 8}, "training": training}}
+    lora = {"r": 4, "lora_alpha": 8}
+    recipe = {"base_model": str(root / "base"), "text_expert": {"lora": lora, "training": training}}
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return root
 
