@@ -188,6 +188,14 @@ def test_router_accuracy_counts_completion_tokens_and_restores_the_routing(base_
         assert result["text"] == 1.0 and result["tts"] == 0.0
         assert result["tokens"] == completion_token_counts(tokenizer, rows)
         assert result["mean_weights"]["tts"]["text"] == pytest.approx(float(torch.tensor([10.0, 0.0]).softmax(0)[0]))
+        weights = torch.tensor([10.0, 0.0]).softmax(0)
+        entropy = float(-(weights * weights.log()).sum())
+        layers = len(model.model.layers)
+        assert (
+            result["per_layer"]["text"]["share"] == [1.0] * layers
+            and result["per_layer"]["tts"]["share"] == [0.0] * layers
+        )
+        assert result["per_layer"]["tts"]["entropy"] == pytest.approx([entropy] * layers, rel=1e-4)
     assert model.config.routing == "speech" and all(layer.routing == "speech" for layer in model.model.layers)
     assert model.training
 

@@ -41,7 +41,9 @@ def known_metrics(tmp_path, tts_wer=0.3, mole_wer=0.33, tts_agreement=0.8, mole_
         "clips": clips,
         "retention": retention,
         "routing": {"tts": 0.95, "text": 0.875, "tokens": {"tts": 400, "text": 120},
-                    "mean_weights": {"tts": {"text": 0.1, "speech": 0.9}, "text": {"text": 0.8, "speech": 0.2}}},
+                    "mean_weights": {"tts": {"text": 0.1, "speech": 0.9}, "text": {"text": 0.8, "speech": 0.2}},
+                    "per_layer": {"tts": {"share": [0.9, 0.7, 1.0], "entropy": [0.2, 0.5, 0.2]},
+                                  "text": {"share": [0.8, 0.9, 0.95], "entropy": [0.3, 0.3, 0.3]}}},
         "routing_trace": {"tokens": ["What", "?", "<|speech_start|>", "<|speech_3|>"],
                           "weights": [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]], "experts": ["text", "speech"]},
         "spoken_answers": [{"question": "What is 2 plus 3?", "answer": "2 + 3 = 5.\nSo | five.",
@@ -83,9 +85,9 @@ def test_report_holds_the_tables_and_the_plots(tmp_path):
     assert "A test run." in text
     assert "| kal | 0.200 / 0.100 | 0.300 / 0.200 | 0.330 / 0.200 | TTS-Llama 1.50x, MoLE-Llama 1.65x |" in text
     assert "| TTS-Llama | 0.400 | 0.800 | 0.2100 | 0.250 |" in text
-    assert "| tts | 400 | 0.950 | text 0.10, speech 0.90 |" in text
+    assert "| tts | 400 | 0.950 | text 0.10, speech 0.90 | 1 (0.700) | 0.300 |" in text
     assert "2 + 3 = 5. So \\| five." in text  # the answer stays in its table cell
     assert "[kal 0](audio/TTS-Llama/00-kal.wav)" in text  # clip links relative to the report
-    for name in ("mel_spectrograms", "router_weights", "loss_curves"):
+    for name in ("mel_spectrograms", "router_weights", "routing_by_layer", "loss_curves"):
         png = tmp_path / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and f"(plots/{name}.png)" in text

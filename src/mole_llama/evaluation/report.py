@@ -152,11 +152,40 @@ def retention_table(retention: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_routing_by_layer(per_layer: dict, path) -> Path:
+    """Per layer and task: the share of answer tokens routed to the task's expert, and the routing entropy."""
+    plt = _matplotlib()
+    figure, (share_axis, entropy_axis) = plt.subplots(1, 2, figsize=(9, 2.8))
+    for task, layers in per_layer.items():
+        share_axis.plot(layers["share"], marker=".", label=task)
+        entropy_axis.plot(layers["entropy"], marker=".", label=task)
+    share_axis.set_ylim(0, 1.02)
+    share_axis.set_ylabel("routed to its expert")
+    entropy_axis.set_ylim(bottom=0)
+    entropy_axis.set_ylabel("routing entropy (nats)")
+    for axis in (share_axis, entropy_axis):
+        axis.set_xlabel("decoder layer")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
 def routing_table(routing: dict) -> str:
-    lines = ["| task | tokens | routed to its expert | mean weights |", "|---|---:|---:|---|"]
+    lines = [
+        "| task | tokens | routed to its expert | mean weights | least sure layer (its share) | mean entropy (nats) |",
+        "|---|---:|---:|---|---|---:|",
+    ]
     for task, count in routing["tokens"].items():
         weights = ", ".join(f"{e} {w:.2f}" for e, w in routing["mean_weights"][task].items())
-        lines.append(f"| {task} | {count} | {routing[task]:.3f} | {weights} |")
+        layers = routing.get("per_layer", {}).get(task)
+        if layers:  # metrics.json files from before the per-layer statistics lack them
+            worst = min(range(len(layers["share"])), key=layers["share"].__getitem__)
+            detail = f"{worst} ({layers['share'][worst]:.3f}) | {np.mean(layers['entropy']):.3f}"
+        else:
+            detail = "- | -"
+        lines.append(f"| {task} | {count} | {routing[task]:.3f} | {weights} | {detail} |")
     return "\n".join(lines)
 
 
@@ -196,6 +225,13 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
             (
                 "Router weights along a mixed text/speech sequence (MoLE-Llama)",
                 plot_routing_trace(metrics["routing_trace"], plots / "router_weights.png"),
+            )
+        )
+    if metrics.get("routing", {}).get("per_layer"):
+        figures.append(
+            (
+                "Routing per layer: share of answer tokens sent to their task's expert, and entropy (MoLE-Llama)",
+                plot_routing_by_layer(metrics["routing"]["per_layer"], plots / "routing_by_layer.png"),
             )
         )
     losses = plot_losses(training_runs or {}, plots / "loss_curves.png")

@@ -2,19 +2,22 @@
 
 The routers only ever see the hidden states, never the task, so this is measured where it matters: on the
 completion (answer) tokens of held-out prompt-completion examples, a token counting as "routed to" the expert with
-the highest router weight averaged over layers (as the router training logs it).
+the highest router weight averaged over layers (as the router training logs it). Per layer, the same share and the
+entropy of the weights (0: one expert takes all; ln 2 for two experts: an even split) say where routing is unsure;
+with hard routing each layer routes on its own, so one unsure layer is enough to send a token the wrong way.
 """
 
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..modeling.speech_units import pad_token_ids
 from .retention import _chat_ids
 
 DEFAULT_EXPERT_FOR_TASK = {"text": "text", "tts": "speech"}
-RESERVED_KEYS = ("tokens", "mean_weights")
+RESERVED_KEYS = ("tokens", "mean_weights", "per_layer")
 
 
 def _check_mole(model) -> list:
@@ -38,10 +41,15 @@ def _learned_routing(model):
         model.train(training)
 
 
-def _layer_mean_weights(model, input_ids, attention_mask=None) -> torch.Tensor:
-    """Router weights averaged over layers, `(batch, seq, num_experts)`, in float32."""
+def _layer_weights(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Each layer's router weights, `(layers, batch, seq, num_experts)`, in float32."""
     output = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask, output_expert_weights=True)
-    return torch.stack([weights.float() for weights in output.expert_weights]).mean(dim=0)
+    return torch.stack([weights.float() for weights in output.expert_weights])
+
+
+def _entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of routing weights along the last axis."""
+    return -(weights * weights.clamp(min=1e-12).log()).sum(dim=-1)
 
 
 def _completion_ids(tokenizer, example) -> tuple:
@@ -70,8 +78,9 @@ def completion_rows(tokenizer, examples) -> list:
 
 def routed_token_counts(model, rows, batch_size: int = 8) -> dict:
     """Per task: `chosen` (completion tokens whose layer-averaged router weight is highest for each expert),
-    `weight_sums` (those weights summed per expert) and `tokens`, with the learned router in eval mode (the
-    model's routing and mode are restored after)."""
+    `weight_sums` (those weights summed per expert), `tokens`, and per layer `layer_chosen` `(layers, experts)` and
+    `layer_entropy_sums` `(layers,)`; with the learned router in eval mode (the model's routing and mode are
+    restored after)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     num_experts = len(_check_mole(model))
@@ -82,15 +91,21 @@ def routed_token_counts(model, rows, batch_size: int = 8) -> dict:
             input_ids, attention_mask = pad_token_ids(
                 [ids for _, ids, _ in batch], 0, side="right"
             )  # masked: any pad id
-            weights = _layer_mean_weights(model, input_ids, attention_mask.to(model.device)).cpu()
+            layers = _layer_weights(model, input_ids, attention_mask.to(model.device)).cpu()
+            weights = layers.mean(dim=0)
             for row, (task, ids, prompt_length) in enumerate(batch):
                 completion = weights[row, prompt_length : len(ids)]  # (completion tokens, experts)
-                task_counts = counts.setdefault(
-                    task, {"chosen": torch.zeros(num_experts, dtype=torch.long), "weight_sums": 0, "tokens": 0}
-                )
+                per_layer = layers[:, row, prompt_length : len(ids)]  # (layers, completion tokens, experts)
+                task_counts = counts.setdefault(task, {
+                    "chosen": torch.zeros(num_experts, dtype=torch.long), "weight_sums": 0, "tokens": 0,
+                    "layer_chosen": torch.zeros(layers.shape[0], num_experts, dtype=torch.long),
+                    "layer_entropy_sums": torch.zeros(layers.shape[0]),
+                })  # fmt: skip
                 task_counts["chosen"] += torch.bincount(completion.argmax(dim=-1), minlength=num_experts)
                 task_counts["weight_sums"] = task_counts["weight_sums"] + completion.sum(dim=0)
                 task_counts["tokens"] += completion.shape[0]
+                task_counts["layer_chosen"] += F.one_hot(per_layer.argmax(dim=-1), num_experts).sum(dim=1)
+                task_counts["layer_entropy_sums"] += _entropy(per_layer).sum(dim=1)
     return counts
 
 
@@ -99,7 +114,9 @@ def router_accuracy(model, tokenizer, examples, expert_for_task=None, batch_size
     expert (`expert_for_task`, default text -> "text", tts -> "speech"), with the learned router whatever routing
     the model was set to (restored after).
 
-    Returns `{task: share, ..., "tokens": {task: completion tokens}, "mean_weights": {task: {expert: weight}}}`.
+    Returns `{task: share, ..., "tokens": {task: completion tokens}, "mean_weights": {task: {expert: weight}},
+    "per_layer": {task: {"share": [each layer's share of tokens routed to the task's expert], "entropy": [each
+    layer's mean routing entropy, nats]}}}`.
     """
     expert_for_task = dict(DEFAULT_EXPERT_FOR_TASK if expert_for_task is None else expert_for_task)
     names = _check_mole(model)
@@ -125,6 +142,13 @@ def router_accuracy(model, tokenizer, examples, expert_for_task=None, batch_size
         task: {name: float(count["weight_sums"][index]) / count["tokens"] for index, name in enumerate(names)}
         for task, count in counts.items()
     }
+    result["per_layer"] = {
+        task: {
+            "share": (count["layer_chosen"][:, names.index(expert_for_task[task])] / count["tokens"]).tolist(),
+            "entropy": (count["layer_entropy_sums"] / count["tokens"]).tolist(),
+        }
+        for task, count in counts.items()
+    }
     return result
 
 
@@ -138,7 +162,7 @@ def expert_weight_trace(model, tokenizer, text: str) -> tuple:
     if not ids:
         raise ValueError(f"text {text!r} tokenizes to no tokens")
     with _learned_routing(model), torch.no_grad():
-        weights = _layer_mean_weights(model, torch.tensor([ids]))[0]
+        weights = _layer_weights(model, torch.tensor([ids])).mean(dim=0)[0]
     return [tokenizer.decode([token]) for token in ids], weights.cpu().numpy().astype(np.float32)
 
 
