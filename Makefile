@@ -10,4 +10,4 @@ test:
 	bash scripts/test.sh
 
 bench: setup
-	.venv/bin/python benchmarks/bench_mole_forward.py
+	.venv/bin/python benchmarks/bench_mole_decode.py

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaForCa
 from conftest import NEW_TOKENS, TINY_LLAMA
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
 from mole_llama.conversion.peft_experts import mole_config_from_base
+from mole_llama.modeling.modeling_mole_llama import MoLELinear
 
 
 def random_ids(vocab, shape=(2, 11), seed=0):
@@ -209,8 +210,6 @@ def test_missing_or_corrupt_weights_file_is_a_clear_error(tiny_mole_dir, tmp_pat
 
 
 def test_mixed_update_matches_the_per_expert_lora_sum():
-    from mole_llama.modeling.modeling_mole_llama import MoLELinear
-
     experts = [
         {"name": "text", "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "use_rslora": False},
         {"name": "speech", "r": 6, "lora_alpha": 3.0, "lora_dropout": 0.0, "use_rslora": True},
@@ -370,3 +369,30 @@ def test_hard_routing_fast_path_equals_the_general_path(mole, tiny_mole_dir, mon
         monkeypatch.setattr(router, "single_expert", lambda weights: None)  # always the one-hot mixed path
     torch.testing.assert_close(hard(ids).logits, fast_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(hard.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), fast)
+
+
+@torch.no_grad()
+def test_merged_expert_cache_gives_the_same_outputs_and_follows_weight_changes(tiny_mole_dir):
+    plain = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True).eval()
+    cached = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True, merged_expert_cache=True).eval()
+    ids = random_ids(plain.config.vocab_size, shape=(1, 7))
+    assert torch.equal(
+        cached.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0),
+        plain.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0),
+    )  # hard routing, one token a step: every decoding step takes the cached merged weights
+    projections = [module for module in cached.modules() if isinstance(module, MoLELinear)]
+    assert any(module._merged for module in projections)
+    for routing in ("speech", "text"):
+        for model in (plain, cached):
+            model.set_routing(routing)
+        torch.testing.assert_close(cached(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)
+    for model in (plain, cached):  # an expert changed in place (as training or load_state_dict do): no stale cache
+        for module in model.modules():
+            if isinstance(module, MoLELinear):
+                module.lora_B["text"].mul_(3.0)
+    torch.testing.assert_close(cached(ids).logits, plain(ids).logits, atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # with gradients on, the experts are applied as LoRA, so they still train
+        cached.train()
+        cached(ids).logits.sum().backward()
+    assert all(module.lora_B["text"].grad is not None for module in projections)
+    assert MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).config.merged_expert_cache

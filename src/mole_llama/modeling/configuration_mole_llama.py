@@ -45,6 +45,11 @@ class MoLELlamaConfig(LlamaConfig):
             At inference (eval mode) each token takes only its highest-weighted expert, at full weight, instead of
             the soft mixture; where every token of a forward picks the same expert (as in one-token decoding), only
             that expert is computed. Training keeps the soft weights, so the routers still get gradients.
+        merged_expert_cache (`bool`, *optional*, defaults to `False`):
+            At inference (no gradients), a projection whose tokens all go to one expert (forced routing, or hard
+            routing where every token chose it, as in one-token decoding) multiplies once by `W + s B A`, built on
+            first use and kept, instead of `W x + s B A x`: base speed, at the memory of one more copy of the
+            targeted weights per expert used.
         routing (`str`, *optional*):
             `None` uses the learned router; an expert name forces that expert for every token; `"base"` turns all
             experts off. Changed at run time with `set_routing`, and saved with the model.
@@ -69,6 +74,7 @@ class MoLELlamaConfig(LlamaConfig):
     router_top_k: int | None = None
     router_temperature: float = 1.0
     hard_routing: bool = False
+    merged_expert_cache: bool = False
     routing: str | None = None
     base_model_name_or_path: str | None = None
     base_vocab_size: int | None = None

@@ -95,7 +95,9 @@ class MoLELinear(nn.Linear):
     tensor from its router, an expert name (only that expert, weight 1) or `"base"` (no expert).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, experts: list, expert_names: list):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, experts: list, expert_names: list, cache_merged=False
+    ):
         super().__init__(in_features, out_features, bias=bias)
         self.gate_index = {expert["name"]: expert_names.index(expert["name"]) for expert in experts}
         self.lora_A = nn.ParameterDict({e["name"]: nn.Parameter(torch.empty(e["r"], in_features)) for e in experts})
@@ -111,16 +113,33 @@ class MoLELinear(nn.Linear):
         }
         self.has_dropout = any(e["lora_dropout"] > 0 for e in experts)
         self.routing = NO_EXPERT
+        self.cache_merged = cache_merged
+        self._merged = {}  # expert name -> (what it was computed from, W + s B A); not state: rebuilt when stale
 
     def expert_update(self, name: str, x: torch.Tensor) -> torch.Tensor:
         hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]  # scale the narrow side
         return F.linear(hidden, self.lora_B[name])
 
+    def merged_weight(self, name: str) -> torch.Tensor:
+        """`W + s B A` of expert `name`, computed on first use and kept until the weight, the expert, the device or
+        the dtype changes (their tensor versions and storage are checked on every call)."""
+        A, B = self.lora_A[name], self.lora_B[name]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (self.weight, A, B))
+        cached = self._merged.get(name)
+        if cached is None or cached[0] != key:
+            delta = (B.float() @ A.float()) * self.scaling[name]
+            cached = (key, (self.weight.float() + delta).to(self.weight.dtype))
+            self._merged[name] = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = F.linear(x, self.weight, self.bias)
         routing = self.routing
         if isinstance(routing, str) and routing not in self.lora_A:
-            return result
+            return F.linear(x, self.weight, self.bias)
+        if isinstance(routing, str) and self.cache_merged and not torch.is_grad_enabled():
+            if not (self.training and self.has_dropout):
+                return F.linear(x, self.merged_weight(routing), self.bias)
+        result = F.linear(x, self.weight, self.bias)
         lora_x = x.to(next(iter(self.lora_A.values())).dtype)  # as PEFT: experts may be kept in float32
         if isinstance(routing, str):
             update = self.expert_update(routing, lora_x)
@@ -204,8 +223,9 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                 if not isinstance(base, nn.Linear) or not experts:
                     continue
                 mole = MoLELinear(
-                    base.in_features, base.out_features, base.bias is not None, experts, config.expert_names
-                )
+                    base.in_features, base.out_features, base.bias is not None, experts, config.expert_names,
+                    cache_merged=config.merged_expert_cache,
+                )  # fmt: skip
                 setattr(parent, proj_name, mole)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
