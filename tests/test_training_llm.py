@@ -16,7 +16,7 @@ from trl import SFTConfig
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
-from mole_llama.evaluation.routing import DEFAULT_EXPERT_FOR_TASK, routed_token_counts
+from mole_llama.evaluation.routing import DEFAULT_EXPERT_FOR_TASK
 from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, add_speech_tokens, unit_token
 from mole_llama.training.experts import ExpertLoraSettings, load_base_for_expert, train_expert
 from mole_llama.training.learning_curve import UnitErrorRateCallback
@@ -243,21 +243,40 @@ def test_router_training_changes_only_the_routers_and_routes_by_task(base_dir, s
 
 
 def test_task_routing_loss_is_the_cross_entropy_against_each_examples_expert():
-    # two layers, two examples of three tokens; example 0 holds the speech marker (id 7) in its answer
-    labels = torch.tensor([[-100, 7, 5], [-100, -100, 4]])
-    weights = [torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.1, 0.9]], [[0.5, 0.5], [0.5, 0.5], [0.6, 0.4]]])] * 2
-    loss = task_routing_loss(weights, labels, speech_marker_id=7, expert_index={"text": 0, "tts": 1})
-    expected = -(math.log(0.8) + math.log(0.9) + math.log(0.6)) / 3  # answer tokens only, the same in both layers
+    # two layers, two examples of three tokens; example 0 holds the speech marker (id 7) in its answer; the last
+    # token of example 0 is padding
+    labels = torch.tensor([[-100, 7, -100], [-100, -100, 4]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    weights = [torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.1, 0.9]], [[0.5, 0.5], [0.3, 0.7], [0.6, 0.4]]])] * 2
+    loss = task_routing_loss(weights, labels, mask, speech_marker_id=7, expert_index={"text": 0, "tts": 1})
+    # every attended token, prompt too, against its example's expert; the same in both layers
+    expected = -(math.log(0.5) + math.log(0.8) + math.log(0.5) + math.log(0.3) + math.log(0.6)) / 5
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+@torch.no_grad()
+def held_out_routing_loss(model, tokenizer, probe) -> float:
+    """`task_routing_loss` of the model's soft routing over every token of each probe example, one at a time."""
+    marker = tokenizer.convert_tokens_to_ids(SPEECH_START)
+    index = {task: model.config.expert_names.index(expert) for task, expert in DEFAULT_EXPERT_FOR_TASK.items()}
+    losses = []
+    for _, ids, prompt_length in probe:
+        input_ids = torch.tensor([ids])
+        labels = input_ids.clone()
+        labels[:, :prompt_length] = -100
+        weights = model.eval()(input_ids, output_expert_weights=True).expert_weights
+        losses.append(float(task_routing_loss(weights, labels, torch.ones_like(input_ids), marker, index)))
+    return sum(losses) / len(losses)
+
+
 def test_routing_loss_sends_each_task_to_its_expert_more_sharply(base_dir, speech_expert, text_expert, tmp_path):
-    """The same short router training with and without the task routing loss: with it, the routing loss falls and
-    both tasks' answer tokens weigh their own expert more, the LM loss still training."""
+    """The same short router training with and without the task routing loss: with it, the routing loss falls
+    while it trains, and on held-out examples each task's tokens weigh their own expert more."""
     tokenizer = AutoTokenizer.from_pretrained(speech_expert[0])
     data = mixed_examples(tts_examples(speech_rows(32, seed=2)), text_examples(qa_rows(32, seed=2)))
-    probe = tokenize_probe(tokenizer, [row for row in data])
-    weights = {}
+    held_out = mixed_examples(tts_examples(speech_rows(8, seed=3)), text_examples(qa_rows(8, seed=3)))
+    probe = tokenize_probe(tokenizer, [row for row in held_out])
+    held_out_loss = {}
     for weight in (0.0, 10.0):  # the tiny random model's LM loss is ~10: the routing loss must weigh in
         model = build_mole_from_adapters(
             base_dir, {"text": text_expert[0], "speech": speech_expert[0]}, router_hidden_size=16
@@ -266,15 +285,10 @@ def test_routing_loss_sends_each_task_to_its_expert_more_sharply(base_dir, speec
             model, tokenizer, data, sft_args(tmp_path / str(weight), max_steps=12, learning_rate=5e-2),
             routing_loss_weight=weight,
         )  # fmt: skip
-        counts = routed_token_counts(model, probe)
-        weights[weight] = {
-            task: float(count["weight_sums"][model.config.expert_names.index(DEFAULT_EXPERT_FOR_TASK[task])])
-            / count["tokens"]
-            for task, count in counts.items()
-        }
+        held_out_loss[weight] = held_out_routing_loss(model, tokenizer, probe)
         logged = [entry["routing_loss"] for entry in trainer.state.log_history if "routing_loss" in entry]
         assert bool(logged) == bool(weight), logged
-    assert weights[10.0]["tts"] > weights[0.0]["tts"] and weights[10.0]["text"] > weights[0.0]["text"], weights
+    assert held_out_loss[10.0] < 0.8 * held_out_loss[0.0], held_out_loss
     assert logged[-1] < logged[0], logged
 
 

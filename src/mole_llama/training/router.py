@@ -5,7 +5,7 @@ tokens that the routers (averaged over layers) send mainly to each expert, e.g. 
 
 With `routing_loss_weight > 0` the routers also learn from the task of each example (a speech answer belongs to the
 speech expert, a text answer to the text expert): a cross-entropy of every layer's router weights against that
-expert, on the answer tokens. The paper trains the routers with the LM loss alone; that leaves a share of each
+expert, on every token of the example. The paper trains the routers with the LM loss alone; that leaves a share of each
 layer's weight on the other expert (measured: speech answers 79% routed to speech, text tokens 8% speech), which
 costs the base's text skills and, with hard routing, sends whole layers the wrong way. Still only the routers train.
 """
@@ -39,17 +39,21 @@ def routing_shares(model: MoLELlamaForCausalLM, probe: list) -> dict:
     }
 
 
-def task_routing_loss(expert_weights, labels: torch.Tensor, speech_marker_id: int, expert_index: dict) -> torch.Tensor:
+def task_routing_loss(
+    expert_weights, labels: torch.Tensor, attention_mask: torch.Tensor, speech_marker_id: int, expert_index: dict
+) -> torch.Tensor:
     """Mean cross-entropy of the router weights (one `(batch, seq, experts)` tensor per layer) against each example's
-    task expert, over its answer tokens (`labels != -100`). An example is speech when its answer holds the speech
-    start marker; `expert_index` maps "tts" and "text" to expert positions."""
-    answer = labels != -100
+    task expert, over all its tokens (`attention_mask`): the prompt's too, since their keys and values feed every
+    answer token (measured: prompt tokens left to the LM loss went 5-64% to the other expert, layer by layer). An
+    example is speech when its answer (`labels != -100`) holds the speech start marker; `expert_index` maps "tts"
+    and "text" to expert positions."""
+    attended = attention_mask.bool()
     is_speech = (labels == speech_marker_id).any(dim=1, keepdim=True)
     target = torch.where(is_speech, expert_index["tts"], expert_index["text"]).expand_as(labels)
     weights = torch.stack([layer.float() for layer in expert_weights])  # (layers, batch, seq, experts)
     chosen = weights.gather(-1, target.expand(weights.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    log_weights = chosen.clamp(min=1e-9).log() * answer
-    return -log_weights.sum() / (answer.sum() * weights.shape[0]).clamp(min=1)
+    log_weights = chosen.clamp(min=1e-9).log() * attended
+    return -log_weights.sum() / (attended.sum() * weights.shape[0]).clamp(min=1)
 
 
 @contextmanager
@@ -95,7 +99,9 @@ class RouterSFTTrainer(SFTTrainer):
         labels = inputs["labels"]
         with recorded_router_weights(model) as expert_weights:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        routing = task_routing_loss(expert_weights, labels, self.speech_marker_id, self.expert_index)
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(labels) if mask is None else mask
+        routing = task_routing_loss(expert_weights, labels, mask, self.speech_marker_id, self.expert_index)
         self._routing_losses.append(float(routing.detach()))
         # Like TRL's MoE aux loss: a per-micro-batch mean, spread over the accumulation steps that the LM loss sums
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
