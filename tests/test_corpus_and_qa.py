@@ -87,7 +87,7 @@ def test_qa_data_from_the_embedded_base(tmp_path):
     assert not set(m[0]["content"] for m in qa["train"]["messages"]) & set(qa["eval"]["question"])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mole_llama.evaluation.retention import greedy_answers
+    from mole_llama.chat import greedy_answers
 
     model = AutoModelForCausalLM.from_pretrained(embedded_base_path()).eval()
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())

@@ -9,10 +9,10 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from mole_llama.chat import greedy_answers
 from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import WEIGHTS_DIR, embedded_model_path
 from mole_llama.evaluation.intelligibility import error_rates, transcribe
-from mole_llama.evaluation.retention import greedy_answers
 
 pytestmark = pytest.mark.slow
 MAX_SHIPPED_MB = 40

@@ -12,11 +12,12 @@ from transformers.utils import logging as hf_logging
 
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama import MoLELlamaForCausalLM
-from mole_llama.chat import greedy_chat_reply, speech_token_ids
+from mole_llama.chat import chat_prompts, greedy_answers, greedy_chat_reply, speech_token_ids
 from mole_llama.conversion.peft_experts import mole_config_from_base
-from mole_llama.evaluation.retention import accuracy, agreement, chat_prompts, greedy_answers, teacher_forced_divergence
-from mole_llama.evaluation.routing import expert_weight_trace, router_accuracy
+from mole_llama.evaluation.retention import accuracy, agreement, teacher_forced_divergence
+from mole_llama.evaluation.routing import router_accuracy
 from mole_llama.modeling.speech_units import add_speech_tokens, tts_messages
+from mole_llama.routing import expert_weight_trace
 from mole_llama.training.sft_data import speech_completion
 
 UNITS = 8

@@ -16,8 +16,8 @@ from trl import SFTConfig
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
-from mole_llama.evaluation.routing import DEFAULT_EXPERT_FOR_TASK
 from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, add_speech_tokens, unit_token
+from mole_llama.routing import DEFAULT_EXPERT_FOR_TASK
 from mole_llama.training.experts import ExpertLoraSettings, load_base_for_expert, train_expert
 from mole_llama.training.learning_curve import UnitErrorRateCallback
 from mole_llama.training.router import routing_shares, task_routing_loss, tokenize_probe, train_router

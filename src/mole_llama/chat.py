@@ -1,12 +1,17 @@
-"""The inference floor under the CLI, evaluation and training callbacks: chat turns and greedy speech units.
+"""The inference floor under the CLI, evaluation, the QA builder and training callbacks: chat turns, greedy
+answers and greedy speech units.
 
 - one chat turn with a causal LM: the question through the model's chat template, a greedy answer back;
+- greedy answers to many questions, batched with left padding (the QA builder's targets, retention's answers);
 - batched greedy speech units for texts (the TTS prompt, constrained decoding), and their error rate against
   reference units, which training logs as its learning curve and evaluation reports.
 """
 
+from contextlib import contextmanager
+
 import jiwer
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
 from .modeling.speech_units import (
@@ -41,6 +46,93 @@ def greedy_chat_reply(model, tokenizer, question: str, max_new_tokens: int = 64)
             model, **inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=blocked or None
         )
     return output[0, inputs["input_ids"].shape[1] :]
+
+
+def chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list:
+    """Token ids of `messages` through the tokenizer's chat template (a plain list, whatever the version returns)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def pad_id_of(tokenizer) -> int:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
+    return pad_id
+
+
+@contextmanager
+def evaluating(*models):
+    """Eval mode (no dropout) for the duration, then each model's previous mode back."""
+    modes = [model.training for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
+def check_questions(questions) -> list:
+    if isinstance(questions, str):
+        raise ValueError("questions must be a list of strings, got one string: wrap it in a list")
+    questions = list(questions)
+    if not questions:
+        raise ValueError("no questions: give at least one")
+    bad = [question for question in questions if not isinstance(question, str)]
+    if bad:
+        raise ValueError(f"questions must be strings, got a {type(bad[0]).__name__}")
+    return questions
+
+
+def chat_prompts(tokenizer, questions) -> list:
+    """Token ids of each question as one user turn through the chat template, with the generation prompt: what the
+    model sees before it answers (as `greedy_chat_reply` prompts it)."""
+    return [
+        chat_ids(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
+        for question in check_questions(questions)
+    ]
+
+
+def greedy_answers(
+    model, tokenizer, questions, max_new_tokens: int = 32, batch_size: int = 16, progress=True, return_finished=False
+) -> list:
+    """Greedy text answers to `questions`, batched: the same answers as `greedy_chat_reply` one question at a time
+    (left padding, speech tokens never chosen), decoded without special tokens and stripped. With
+    `return_finished`, `(answer, finished)` pairs: `finished` is False when the answer was cut at `max_new_tokens`."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size} and {max_new_tokens}")
+    prompts = chat_prompts(tokenizer, questions)
+    pad_id, blocked = pad_id_of(tokenizer), speech_token_ids(tokenizer)
+    answers = []
+    batches = range(0, len(prompts), batch_size)
+    with evaluating(model), torch.no_grad():
+        for start in tqdm(batches, desc="greedy answers", disable=not progress):
+            input_ids, attention_mask = pad_token_ids(prompts[start : start + batch_size], pad_id, side="left")
+            output = generate_text(
+                model,
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                suppress_tokens=blocked or None,
+                pad_token_id=pad_id,
+            )
+            replies = output[:, input_ids.shape[1] :]
+            texts = [text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True)]
+            if return_finished:
+                ended = torch.isin(replies, torch.tensor(_end_ids(model, tokenizer), device=replies.device)).any(dim=1)
+                texts = list(zip(texts, ended.tolist()))
+            answers.extend(texts)
+    return answers
+
+
+def _end_ids(model, tokenizer) -> list:
+    """The token ids that end an answer (the generation config's eos, else the tokenizer's)."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos)
 
 
 @torch.no_grad()
@@ -82,3 +174,18 @@ def unit_error_rate(references: list, hypotheses: list, deduplicate: bool = True
     if any(not units for units in references):
         raise ValueError("a reference has no units")
     return jiwer.wer([" ".join(map(str, u)) for u in references], [" ".join(map(str, u)) or "-" for u in hypotheses])
+
+
+__all__ = [
+    "chat_ids",
+    "chat_prompts",
+    "check_questions",
+    "evaluating",
+    "generate_text",
+    "greedy_answers",
+    "greedy_chat_reply",
+    "greedy_speech_units",
+    "pad_id_of",
+    "speech_token_ids",
+    "unit_error_rate",
+]

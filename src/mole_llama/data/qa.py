@@ -108,7 +108,7 @@ def build_qa_dataset(
     from datasets import Dataset, DatasetDict, load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..evaluation.retention import greedy_answers
+    from ..chat import greedy_answers
 
     out_dir = Path(out_dir)
     settings = {

@@ -67,9 +67,11 @@ def evaluate_models(
 ) -> dict:
     """Measure everything on the corpus's `test` split and the QA data's `eval`/`known` splits; write the clips
     under `out_dir/audio/` and the numbers to `out_dir/metrics.json`; return them."""
+    from ..chat import greedy_answers
+    from ..routing import expert_weight_trace
     from ..training.sft_data import text_examples
-    from .retention import accuracy, agreement, greedy_answers, teacher_forced_divergence
-    from .routing import expert_weight_trace, router_accuracy
+    from .retention import accuracy, agreement, teacher_forced_divergence
+    from .routing import router_accuracy
     from .speech import ground_truth_intelligibility, held_out_sentences, spoken_answers, synthesized_intelligibility
 
     out_dir = Path(out_dir)

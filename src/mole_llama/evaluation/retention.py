@@ -7,100 +7,11 @@ base's along the base's own answers (KL 0 and full greedy agreement for an uncha
 """
 
 import re
-from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
 
-from ..chat import generate_text, speech_token_ids
+from ..chat import chat_prompts, evaluating, pad_id_of
 from ..modeling.speech_units import pad_token_ids
-
-
-def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list:
-    """Token ids of `messages` through the tokenizer's chat template (a plain list, whatever the version returns)."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-def _pad_id(tokenizer) -> int:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
-    return pad_id
-
-
-@contextmanager
-def _evaluating(*models):
-    """Eval mode (no dropout) for the duration, then each model's previous mode back."""
-    modes = [model.training for model in models]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for model, mode in zip(models, modes):
-            model.train(mode)
-
-
-def _check_questions(questions) -> list:
-    if isinstance(questions, str):
-        raise ValueError("questions must be a list of strings, got one string: wrap it in a list")
-    questions = list(questions)
-    if not questions:
-        raise ValueError("no questions: give at least one")
-    bad = [question for question in questions if not isinstance(question, str)]
-    if bad:
-        raise ValueError(f"questions must be strings, got a {type(bad[0]).__name__}")
-    return questions
-
-
-def chat_prompts(tokenizer, questions) -> list:
-    """Token ids of each question as one user turn through the chat template, with the generation prompt: what the
-    model sees before it answers (as `greedy_chat_reply` prompts it)."""
-    return [
-        _chat_ids(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
-        for question in _check_questions(questions)
-    ]
-
-
-def greedy_answers(
-    model, tokenizer, questions, max_new_tokens: int = 32, batch_size: int = 16, progress=True, return_finished=False
-) -> list:
-    """Greedy text answers to `questions`, batched: the same answers as `greedy_chat_reply` one question at a time
-    (left padding, speech tokens never chosen), decoded without special tokens and stripped. With
-    `return_finished`, `(answer, finished)` pairs: `finished` is False when the answer was cut at `max_new_tokens`."""
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size} and {max_new_tokens}")
-    prompts = chat_prompts(tokenizer, questions)
-    pad_id, blocked = _pad_id(tokenizer), speech_token_ids(tokenizer)
-    answers = []
-    batches = range(0, len(prompts), batch_size)
-    with _evaluating(model), torch.no_grad():
-        for start in tqdm(batches, desc="greedy answers", disable=not progress):
-            input_ids, attention_mask = pad_token_ids(prompts[start : start + batch_size], pad_id, side="left")
-            output = generate_text(
-                model,
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                suppress_tokens=blocked or None,
-                pad_token_id=pad_id,
-            )
-            replies = output[:, input_ids.shape[1] :]
-            texts = [text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True)]
-            if return_finished:
-                ended = torch.isin(replies, torch.tensor(_end_ids(model, tokenizer), device=replies.device)).any(dim=1)
-                texts = list(zip(texts, ended.tolist()))
-            answers.extend(texts)
-    return answers
-
-
-def _end_ids(model, tokenizer) -> list:
-    """The token ids that end an answer (the generation config's eos, else the tokenizer's)."""
-    eos = model.generation_config.eos_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def teacher_forced_divergence(model, reference, tokenizer, questions, answers, batch_size: int = 16) -> dict:
@@ -124,9 +35,9 @@ def teacher_forced_divergence(model, reference, tokenizer, questions, answers, b
     vocab_size = reference.config.vocab_size
     if any(int(token) >= vocab_size or int(token) < 0 for ids in answer_ids for token in ids):
         raise ValueError(f"an answer has a token id outside the reference's vocabulary of {vocab_size}")
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_id_of(tokenizer)
     total, agreeing, count = 0.0, 0, 0
-    with _evaluating(model, reference), torch.no_grad():
+    with evaluating(model, reference), torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             pairs = list(zip(prompts[start : start + batch_size], answer_ids[start : start + batch_size]))
             input_ids, attention_mask = pad_token_ids(
@@ -190,4 +101,4 @@ def accuracy(answers, expected) -> float:
     return hits / len(answers)
 
 
-__all__ = ["accuracy", "agreement", "chat_prompts", "greedy_answers", "teacher_forced_divergence"]
+__all__ = ["accuracy", "agreement", "teacher_forced_divergence"]

@@ -169,7 +169,7 @@ def spoken_answers(speaker, tokenizer, questions, reference, out_dir, seed: int 
     """Text in, speech out: `speaker` (a MoLE-Llama folder loaded to speak, learned routing) answers each question
     in text, then says the answer in the `reference` voice; what Whisper (and pocketsphinx) hear is scored against
     the text answer."""
-    from .retention import greedy_answers
+    from ..chat import greedy_answers
 
     answers = greedy_answers(speaker, tokenizer, list(questions), max_new_tokens=max_new_tokens, progress=False)
     prompt = speaker.voice_prompt(reference)

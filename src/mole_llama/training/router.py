@@ -15,9 +15,9 @@ from contextlib import contextmanager
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..evaluation.routing import DEFAULT_EXPERT_FOR_TASK, completion_rows, routed_token_counts
 from ..modeling.modeling_mole_llama import MoLELlamaForCausalLM, MoLERouter
 from ..modeling.speech_units import SPEECH_START
+from ..routing import DEFAULT_EXPERT_FOR_TASK, completion_rows, routed_token_counts
 from .sft_data import TASK_COLUMN
 
 PROBE_EXAMPLES_PER_TASK = 4
