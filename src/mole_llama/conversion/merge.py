@@ -1,7 +1,7 @@
 """Merge one expert into the base weights: a single-expert TTS-Llama that runs as a plain Llama (no LoRA matmuls,
 no router, no PEFT), with the same outputs as the model with that expert forced on.
 
-Each projection's weight becomes `W + scaling * B @ A` (PEFT's `merge_and_unload`, done on our layout); the
+Each projection's weight becomes `W + scaling * B @ A` (the layer's `delta_weight`, as PEFT's `merge_and_unload`); the
 result is a MoLE-Llama config with no experts and routing "base", so it keeps the saved-folder layout, its
 remote code and the speaking entry point.
 """
@@ -25,9 +25,8 @@ def merge_expert(model: MoLELlamaForCausalLM, name: str) -> MoLELlamaForCausalLM
     with torch.no_grad():
         for module_name, module in model.named_modules():
             if isinstance(module, MoLELinear) and name in module.lora_A:
-                delta = module.scaling[name] * (module.lora_B[name].float() @ module.lora_A[name].float())
                 key = f"{module_name}.weight"
-                state[key] = (state[key].float() + delta).to(state[key].dtype)
+                state[key] = (state[key].float() + module.delta_weight(name)).to(state[key].dtype)
     missing, unexpected = merged.load_state_dict(state, strict=False)
     real_missing = [key for key in missing if key != "lm_head.weight" or not merged.config.tie_word_embeddings]
     if real_missing or unexpected:

@@ -120,15 +120,17 @@ class MoLELinear(nn.Linear):
         hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]  # scale the narrow side
         return F.linear(hidden, self.lora_B[name])
 
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """Expert `name` as a weight update, `s B A`, in float32 (PEFT's `get_delta_weight`)."""
+        return self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float())
+
     def merged_weight(self, name: str) -> torch.Tensor:
         """`W + s B A` of expert `name`, computed on first use and kept until the weight, the expert, the device or
         the dtype changes (their tensor versions and storage are checked on every call)."""
-        A, B = self.lora_A[name], self.lora_B[name]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (self.weight, A, B))
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (self.weight, self.lora_A[name], self.lora_B[name]))
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
-            delta = (B.float() @ A.float()) * self.scaling[name]
-            cached = (key, (self.weight.float() + delta).to(self.weight.dtype))
+            cached = (key, (self.weight.float() + self.delta_weight(name)).to(self.weight.dtype))
             self._merged[name] = cached
         return cached[1]
 
