@@ -21,8 +21,9 @@ from trl import SFTConfig
 from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.data.audio import resample
 from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
-from mole_llama.training.experts import ExpertLoraSettings, TokenRowsSFTTrainer, load_base_for_expert
+from mole_llama.training.experts import TokenRowsSFTTrainer, load_base_for_expert
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
 from mole_llama.training.sft_data import tts_examples
 
@@ -54,7 +55,7 @@ def main():
     tokenizer_units = fit_semantic_tokenizer([{"audio": a} for a in audio], SemanticUnitsConfig(num_units=args.units))
     rows = [{"text": t, "semantic_units": tokenizer_units.encode(a["array"])[0].tolist()} for t, a in zip(texts, audio)]
     examples = tts_examples(Dataset.from_list(rows))
-    lora = ExpertLoraSettings(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
+    lora = ExpertSpec(name="speech", r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
     base = embedded_base_path()
 
     def fresh():

@@ -27,10 +27,11 @@ from trl import SFTConfig
 
 from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.data.audio import decode_audio, without_audio_decoding
+from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
 from mole_llama.modeling.phone_units import PHONES, TranscriptAlignmentError
-from mole_llama.training.experts import ExpertLoraSettings, TokenRowsSFTTrainer, load_base_for_expert
+from mole_llama.training.experts import TokenRowsSFTTrainer, load_base_for_expert
 from mole_llama.training.sft_data import tts_examples
 
 VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, bf16
@@ -72,7 +73,7 @@ def main():
     from datasets import Dataset
 
     rows = Dataset.from_list(aligned_rows(args.corpus, args.sentences))
-    lora = ExpertLoraSettings(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
+    lora = ExpertSpec(name="speech", r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
     runs = {}
     with tempfile.TemporaryDirectory() as out:
         for name, collapsed, short_prompt, vocabulary_loss, bf16 in VARIANTS + ((BF16,) if args.bf16 else ()):

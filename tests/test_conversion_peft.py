@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
 from conftest import NEW_TOKENS, TINY_LLAMA, make_adapter, tiny_llama
-from mole_llama import MoLELlamaForCausalLM
+from mole_llama import MoLELlamaConfig, MoLELlamaForCausalLM
 from mole_llama.conversion.peft_experts import build_mole_from_adapters, export_expert_adapter
+from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 
 
 def ids_for(vocab, seed=0):
@@ -219,3 +220,19 @@ def test_merged_speech_expert_gives_the_logits_of_base_plus_adapter(tiny_base_di
         merged.set_routing(None)
     with pytest.raises(ValueError, match="no expert 'text'"):
         merge_expert(mole, "text")
+
+
+def test_one_expert_spec_for_the_config_peft_and_the_recipe():
+    spec = ExpertSpec.from_dict({"name": "speech", "r": 8}, r=128, target_modules=["q_proj", "v_proj"])
+    assert spec.to_dict() == {"name": "speech", "r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,
+                              "use_rslora": False, "target_modules": ["q_proj", "v_proj"]}  # fmt: skip
+    lora = spec.to_lora_config(trainable_token_indices=[5, 6])
+    assert (lora.r, lora.lora_alpha, sorted(lora.target_modules), lora.trainable_token_indices) == (
+        8, 16.0, ["q_proj", "v_proj"], [5, 6]
+    )  # fmt: skip
+    assert ExpertSpec.from_peft_config("speech", lora.to_dict()) == spec  # PEFT's adapter_config.json and back
+    assert MoLELlamaConfig(experts=[spec.to_dict()]).experts == [spec.to_dict()]
+    with pytest.raises(ValueError, match=r"unknown LoRA setting\(s\) \['rank'\]"):
+        ExpertSpec.from_dict({"name": "speech", "rank": 8})
+    with pytest.raises(ValueError, match=r"unknown LoRA setting"):
+        MoLELlamaConfig(experts=[{"name": "text", "alpha": 3}])

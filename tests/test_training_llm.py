@@ -16,15 +16,16 @@ from trl import SFTConfig
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
+from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.speech_units import SPEECH_END, SPEECH_START, SpeechTokenIds, add_speech_tokens, unit_token
 from mole_llama.routing import DEFAULT_EXPERT_FOR_TASK
-from mole_llama.training.experts import ExpertLoraSettings, load_base_for_expert, train_expert
+from mole_llama.training.experts import load_base_for_expert, train_expert
 from mole_llama.training.learning_curve import UnitErrorRateCallback
 from mole_llama.training.router import routing_shares, task_routing_loss, tokenize_probe, train_router
 from mole_llama.training.sft_data import mixed_examples, speech_completion, text_examples, tts_examples
 
 UNITS = 12
-LORA = ExpertLoraSettings(r=4, lora_alpha=8, lora_dropout=0.0)
+LORA = ExpertSpec(name="speech", r=4, lora_alpha=8, lora_dropout=0.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,7 +162,7 @@ def test_training_continues_from_a_saved_adapter(speech_expert, base_dir, tmp_pa
     assert again.keys() == weights.keys()
     for key, value in weights.items():
         torch.testing.assert_close(again[key], value.half().float(), rtol=0, atol=0)
-    wider = ExpertLoraSettings(r=8, lora_alpha=16, lora_dropout=0.0)
+    wider = ExpertSpec(name="speech", r=8, lora_alpha=16, lora_dropout=0.0)
     with pytest.raises(ValueError, match="does not fit"):
         train_expert(base_dir, tts_examples(speech_rows(8)), args, wider, num_speech_units=UNITS, init_adapter=half)
 

@@ -11,9 +11,10 @@ from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
 from mole_llama.data.audio import resample
 from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.speech_units import SpeechTokenIds, SpeechUnitsLogitsProcessor, tts_prompt_ids
-from mole_llama.training.experts import ExpertLoraSettings, train_expert
+from mole_llama.training.experts import train_expert
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
 from mole_llama.training.sft_data import tts_examples
 
@@ -36,7 +37,7 @@ def test_short_speech_expert_run_on_smollm2_lowers_the_loss(tmp_path):
         save_strategy="no", report_to=[], gradient_checkpointing=False, use_cpu=True, bf16=False, disable_tqdm=True,
         seed=0, max_length=512,
     )  # fmt: skip
-    lora = ExpertLoraSettings(r=8, lora_alpha=16, lora_dropout=0.0)
+    lora = ExpertSpec(name="speech", r=8, lora_alpha=16, lora_dropout=0.0)
     trainer = train_expert(
         embedded_base_path(), tts_examples(Dataset.from_list(rows)), args, lora, num_speech_units=UNITS
     )

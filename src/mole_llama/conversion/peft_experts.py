@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 from transformers.utils import logging
 
 from ..modeling import MoLELlamaConfig, MoLELlamaForCausalLM
-from ..modeling.configuration_mole_llama import ALL_LLAMA_PROJECTIONS
+from ..modeling.configuration_mole_llama import ALL_LLAMA_PROJECTIONS, ExpertSpec
 
 logger = logging.get_logger(__name__)
 
@@ -80,15 +79,8 @@ def read_lora_adapter(path, name: str) -> LoraAdapter:
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_file} is corrupt or truncated ({error}): re-save or re-download it") from error
 
-    r = int(config["r"])
-    expert = {
-        "name": name,
-        "r": r,
-        "lora_alpha": float(config["lora_alpha"]),
-        "lora_dropout": float(config.get("lora_dropout") or 0.0),
-        "use_rslora": bool(config.get("use_rslora")),
-        "target_modules": sorted(config["target_modules"]),
-    }
+    expert = ExpertSpec.from_peft_config(name, config).to_dict()
+    r = expert["r"]
     token_indices = _token_indices(config.get("trainable_token_indices"))
     lora_weights, token_rows, tables = {}, {}, {}
     for key, tensor in weights.items():
@@ -317,15 +309,8 @@ def export_expert_adapter(model: MoLELlamaForCausalLM, name: str, out_dir) -> Pa
         token_indices = (
             new_tokens if config.tie_word_embeddings else {"embed_tokens": new_tokens, "lm_head": new_tokens}
         )
-    lora_config = LoraConfig(
-        r=expert["r"],
-        lora_alpha=expert["lora_alpha"],
-        lora_dropout=expert["lora_dropout"],
-        use_rslora=expert["use_rslora"],
-        target_modules=expert["target_modules"],
-        base_model_name_or_path=config.base_model_name_or_path,
-        task_type="CAUSAL_LM",
-        trainable_token_indices=token_indices,
+    lora_config = ExpertSpec(**expert).to_lora_config(
+        base_model_name_or_path=config.base_model_name_or_path, trainable_token_indices=token_indices
     )
     state = {}
     for key, parameter in model.named_parameters():

@@ -45,6 +45,10 @@ def _check_name(name: str) -> Path:
     return folder
 
 
+ASSEMBLY_VERSION = 2
+"""Raised when `_assemble` builds the folder differently (2: the merged-expert cache on), so caches rebuild."""
+
+
 def _digest(*folders: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
     for folder in dict.fromkeys(folders):
@@ -60,7 +64,7 @@ def embedded_model_path(name: str = "tts-llama", cache_dir=None) -> Path:
     from ..conversion.gguf import default_cache_dir
 
     shipped = _check_name(name)
-    digest = _digest(shipped, SPEECH_SOURCE)
+    digest = f"{ASSEMBLY_VERSION}-{_digest(shipped, SPEECH_SOURCE)}"
     target = Path(cache_dir or default_cache_dir()) / name
     marker = target / SHIPPED_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("digest") == digest:
@@ -94,13 +98,15 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
     parts = SPEECH_SOURCE
     semantic_tokenizer = SemanticUnitsModel.from_pretrained(parts / "semantic_tokenizer", dtype=torch.float32)
     num_units = semantic_tokenizer.config.num_units
+    # A small model: one more copy of the targeted weights per expert buys base-speed decoding on one expert.
+    cache = {"merged_expert_cache": True}
     if name == "tts-llama":
-        llm = build_mole_from_adapters(base, {"speech": parts / "speech_expert"})
+        llm = build_mole_from_adapters(base, {"speech": parts / "speech_expert"}, **cache)
         llm.set_routing("speech")
     else:
         router = json.loads((shipped / "routers.json").read_text())
         llm = build_mole_from_adapters(
-            base, {"text": shipped / "text_expert", "speech": parts / "speech_expert"}, **router
+            base, {"text": shipped / "text_expert", "speech": parts / "speech_expert"}, **router, **cache
         )
         missing = llm.load_state_dict(load_file(shipped / "routers.safetensors"), strict=False).unexpected_keys
         if missing:

@@ -4,6 +4,7 @@ This file is copied into saved model folders for `trust_remote_code=True`: it mu
 `mole_llama`, only from transformers and the standard library.
 """
 
+import dataclasses
 import re
 
 from huggingface_hub.dataclasses import strict
@@ -15,6 +16,61 @@ EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED_NAMES = {"keys", "values", "items", "get", "pop", "update", "clear", "copy", "forward", "training", "type"}
 NO_EXPERT = "base"
 """Routing name that switches every expert off: the model then computes exactly its base Llama."""
+
+
+@dataclasses.dataclass
+class ExpertSpec:
+    """One LoRA expert, in the one shape that a MoLE-Llama config stores (`to_dict`), that PEFT trains and saves
+    (`to_lora_config`, `from_peft_config`) and that a recipe's `lora:` section sets.
+
+    `lora_alpha` defaults to `2 * r`; `target_modules` to every attention and MLP projection.
+    """
+
+    name: str
+    r: int = 128
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: list | None = None
+
+    def __post_init__(self):
+        self.name, self.r = str(self.name), int(self.r)
+        self.lora_alpha = float(2 * self.r if self.lora_alpha is None else self.lora_alpha)
+        self.lora_dropout, self.use_rslora = float(self.lora_dropout), bool(self.use_rslora)
+        self.target_modules = list(self.target_modules or ALL_LLAMA_PROJECTIONS)
+
+    @classmethod
+    def from_dict(cls, spec, **defaults) -> "ExpertSpec":
+        """From a config's or a recipe's mapping (or a bare name), `defaults` filling what it leaves out; an unknown
+        key is an error, not ignored."""
+        spec = {"name": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"each expert must be a dict with at least a 'name', got {spec!r}")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(spec) - fields)
+        if unknown:
+            raise ValueError(f"expert {spec['name']!r}: unknown LoRA setting(s) {unknown}; known: {sorted(fields)}")
+        return cls(**{**{k: v for k, v in defaults.items() if v is not None}, **spec})
+
+    @classmethod
+    def from_peft_config(cls, name: str, config: dict) -> "ExpertSpec":
+        """From a PEFT `adapter_config.json` (as a dict)."""
+        return cls(
+            name=name, r=config["r"], lora_alpha=config["lora_alpha"], lora_dropout=config.get("lora_dropout") or 0.0,
+            use_rslora=bool(config.get("use_rslora")), target_modules=sorted(config["target_modules"]),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_lora_config(self, **settings):
+        """PEFT's `LoraConfig` of this expert for a causal LM; `settings` adds others (e.g. trainable_token_indices)."""
+        from peft import LoraConfig  # only here: the configuration file must load where PEFT is absent
+
+        return LoraConfig(
+            r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, use_rslora=self.use_rslora,
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM", **settings,
+        )  # fmt: skip
 
 
 @strict
@@ -94,19 +150,7 @@ class MoLELlamaConfig(LlamaConfig):
         super().__post_init__(**kwargs)
 
     def _complete_expert(self, spec) -> dict:
-        if isinstance(spec, str):
-            spec = {"name": spec}
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ValueError(f"each expert must be a dict with at least a 'name', got {spec!r}")
-        r = int(spec.get("r", self.lora_r))
-        return {
-            "name": str(spec["name"]),
-            "r": r,
-            "lora_alpha": float(spec.get("lora_alpha", 2 * r)),
-            "lora_dropout": float(spec.get("lora_dropout", 0.0)),
-            "use_rslora": bool(spec.get("use_rslora", False)),
-            "target_modules": list(spec.get("target_modules") or self.target_modules),
-        }
+        return ExpertSpec.from_dict(spec, r=self.lora_r, target_modules=self.target_modules).to_dict()
 
     def _check_experts_and_router(self):
         """Raise a plain `ValueError` naming the bad setting (strict's validators would wrap it in their own type)."""
@@ -150,4 +194,4 @@ class MoLELlamaConfig(LlamaConfig):
         return [expert["name"] for expert in self.experts]
 
 
-__all__ = ["MoLELlamaConfig", "NO_EXPERT", "ALL_LLAMA_PROJECTIONS"]
+__all__ = ["ALL_LLAMA_PROJECTIONS", "ExpertSpec", "MoLELlamaConfig", "NO_EXPERT"]

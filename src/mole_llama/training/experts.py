@@ -6,43 +6,27 @@ model's text is untouched when the expert is off). The result is a plain PEFT ad
 tokenizer, which `build_mole_from_adapters` (or `mole-llama build-mole`) turns into a MoLE-Llama.
 """
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 from trl import SFTConfig, SFTTrainer
 
+from ..modeling.configuration_mole_llama import ExpertSpec
 from ..modeling.speech_units import add_speech_tokens
 
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PAPER_LORA = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
+"""The paper's LoRA of each expert (every attention and MLP projection): what `train_expert` uses by default."""
 
 
-@dataclass
-class ExpertLoraSettings:
-    """LoRA of one expert; the defaults are the paper's (rank 128, alpha 256, every attention and MLP projection)."""
-
-    r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    target_modules: list = field(default_factory=lambda: list(ALL_PROJECTIONS))
-
-    def lora_config(self, new_token_rows: list | None = None, tied_embeddings: bool = True) -> LoraConfig:
-        """PEFT's config; `new_token_rows` (the added unit tokens) become trainable rows of the embedding table,
-        and of the output head too when it is not tied to the embeddings."""
-        token_indices = None
-        if new_token_rows:
-            rows = list(new_token_rows)
-            token_indices = rows if tied_embeddings else {"embed_tokens": rows, "lm_head": list(rows)}
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=list(self.target_modules),
-            trainable_token_indices=token_indices,
-            task_type="CAUSAL_LM",
-        )
+def expert_lora_config(spec: ExpertSpec, new_token_rows: list | None = None, tied_embeddings: bool = True):
+    """PEFT's config of `spec`; `new_token_rows` (the added unit tokens) become trainable rows of the embedding
+    table, and of the output head too when it is not tied to the embeddings."""
+    token_indices = None
+    if new_token_rows:
+        rows = list(new_token_rows)
+        token_indices = rows if tied_embeddings else {"embed_tokens": rows, "lm_head": list(rows)}
+    return spec.to_lora_config(trainable_token_indices=token_indices)
 
 
 def speech_vocabulary_loss(logits: torch.Tensor, labels: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
@@ -159,7 +143,7 @@ def train_expert(
     base_model,
     train_dataset,
     args: SFTConfig,
-    lora: ExpertLoraSettings | None = None,
+    lora: ExpertSpec | None = None,
     num_speech_units: int | None = None,
     eval_dataset=None,
     resume_from_checkpoint: str | bool | None = None,
@@ -175,7 +159,7 @@ def train_expert(
         base_model: folder or Hub id of the Llama instruct base.
         train_dataset: examples from `tts_examples` (speech expert) or `text_examples` (text expert).
         args: TRL's `SFTConfig` (see `mole_llama/recipes/` for the paper's and the embedded settings).
-        lora: rank, alpha, dropout, targets (default: the paper's).
+        lora: the expert's rank, alpha, dropout and targets (default: the paper's, `PAPER_LORA`).
         num_speech_units: K for the speech expert (its unit tokens are added and trained); None for a text expert.
         resume_from_checkpoint: a checkpoint folder, or True for the latest in `args.output_dir`.
         unit_names: a name per unit (phones), to start the unit rows from the text tokens that spell them.
@@ -186,11 +170,11 @@ def train_expert(
 
     Returns the trainer: `trainer.state.log_history` holds the losses, `trainer.model` the PEFT model.
     """
-    lora = lora or ExpertLoraSettings()
+    lora = lora or ExpertSpec(name="speech" if num_speech_units else "text", **PAPER_LORA)
     model, tokenizer, new_rows = load_base_for_expert(
         base_model, num_speech_units, seed=args.seed, unit_names=unit_names
     )
-    peft_config = lora.lora_config(new_rows, tied_embeddings=bool(model.config.tie_word_embeddings))
+    peft_config = expert_lora_config(lora, new_rows, tied_embeddings=bool(model.config.tie_word_embeddings))
     extra = {}
     if speech_vocabulary_loss:
         if not new_rows:
@@ -220,8 +204,8 @@ def train_expert(
 
 
 __all__ = [
-    "ALL_PROJECTIONS",
-    "ExpertLoraSettings",
+    "PAPER_LORA",
+    "expert_lora_config",
     "TokenRowsSFTTrainer",
     "load_base_for_expert",
     "speech_vocabulary_loss",

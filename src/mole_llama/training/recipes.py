@@ -17,7 +17,8 @@ import yaml
 from transformers import TrainingArguments
 from trl import SFTConfig
 
-from .experts import ExpertLoraSettings
+from ..modeling.configuration_mole_llama import ExpertSpec
+from .experts import PAPER_LORA
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 """The package's `recipes/` folder (package data, so a wheel install has it); names such as "embedded" resolve there,
@@ -134,9 +135,13 @@ def sft_config(recipe: dict, stage: str, output_dir) -> SFTConfig:
     return SFTConfig(output_dir=str(output_dir), **training)
 
 
-def lora_settings(recipe: dict, stage: str) -> ExpertLoraSettings:
+EXPERT_OF_STAGE = {"tts_expert": "speech", "text_expert": "text"}
+
+
+def lora_settings(recipe: dict, stage: str) -> ExpertSpec:
     """The expert's LoRA settings (the paper's defaults where the recipe is silent)."""
-    return ExpertLoraSettings(**(section(recipe, stage).get("lora") or {}))
+    lora = section(recipe, stage).get("lora") or {}
+    return ExpertSpec.from_dict({"name": EXPERT_OF_STAGE[stage], **lora}, **PAPER_LORA)
 
 
 def acoustic_training_arguments(recipe: dict, output_dir) -> TrainingArguments:
