@@ -64,7 +64,8 @@ def workspace(tmp_path_factory):
         "data": {"max_seconds": 10.0, "batch_size": 4},
         "semantic_tokenizer": {"config": {"num_units": 16, "unit_rate": 50}, "iterations": 5},
         "codec": {
-            "kind": "mel", "steps": 4, "batch_size": 4, "save_steps": 2, "logging_steps": 2, "init_frames": 500,
+            "kind": "mel", "init_frames": 500,
+            "training": {"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 2, "logging_steps": 2},
             "config": {"hidden_size": 16, "num_residual_layers": 1, "codebook_dim": 8, "num_codebooks": 2,
                        "codebook_size": 16, "griffin_lim_iterations": 4},
         },
@@ -156,6 +157,7 @@ def test_errors_name_the_fix(workspace, capsys):
         ("tts_expert.training.learning_rate=abc", "learning_rate='abc': give a float"),
         ("tts_expert.training.nosuchkey=1", "has no setting(s) ['nosuchkey']"),
         ("tts_expert=3", "section tts_expert is 3, not a mapping"),
+        ("codec.steps=3", "trainer settings go in codec.training"),  # one recipe shape: the codec's too
     ):
         with pytest.raises(SystemExit):
             run("train-tts", "--config", workspace / "recipe.yaml", "--set", override)

@@ -23,7 +23,7 @@ PROFILES = {
     "default": {
         "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 200,
         "set": [
-            "codec.steps=250", "duration_predictor.training.num_train_epochs=20",
+            "codec.training.max_steps=250", "duration_predictor.training.num_train_epochs=20",
             "acoustic_lm.training.num_train_epochs=3",
             "tts_expert.training.max_steps=36", "tts_expert.training.per_device_train_batch_size=4",
             "text_expert.training.max_steps=16", "text_expert.training.per_device_train_batch_size=4",
@@ -35,8 +35,9 @@ PROFILES = {
     "tiny": {  # the suite's smoke profile: every step runs, nothing learns much
         "train_sentences": 6, "test_sentences": 2, "qa_train": 8, "eval_sentences": 1, "eval_prompts": 200,
         "set": [
-            "duration_predictor.training.max_steps=3", "codec.steps=4",
-            "codec.batch_size=4", "acoustic_lm.training.max_steps=3", "tts_expert.training.max_steps=2",
+            "duration_predictor.training.max_steps=3", "codec.training.max_steps=4",
+            "codec.training.per_device_train_batch_size=4", "acoustic_lm.training.max_steps=3",
+            "tts_expert.training.max_steps=2",
             "text_expert.training.max_steps=2", "router.training.max_steps=2",
             "tts_expert.training.per_device_train_batch_size=2", "text_expert.training.per_device_train_batch_size=2",
             "router.training.per_device_train_batch_size=2", "acoustic_lm.training.logging_steps=1",

@@ -38,7 +38,8 @@ SECTIONS = (
     "router",
 )
 SFT_STAGES = ("tts_expert", "text_expert", "router")
-TRAINED_SECTIONS = ("acoustic_lm", "duration_predictor") + SFT_STAGES
+TRAINED_SECTIONS = ("codec", "acoustic_lm", "duration_predictor") + SFT_STAGES
+CODEC_SECTION_KEYS = {"kind", "config", "training", "segment_seconds", "init_frames", "pretrained", "bandwidth"}
 
 
 def recipe_path(name_or_path) -> Path:
@@ -94,6 +95,12 @@ def load_recipe(name_or_path, overrides: list | None = None) -> dict:
             raise ValueError(
                 f"{path}: section {name} is {recipe[name]!r}, not a mapping: set its keys, e.g. {name}.x=1"
             )
+    unknown = sorted(set(recipe.get("codec") or {}) - CODEC_SECTION_KEYS)
+    if unknown:
+        raise ValueError(
+            f"codec.{unknown[0]} is not a codec setting ({sorted(CODEC_SECTION_KEYS)}); trainer settings go in "
+            "codec.training, as in every stage: max_steps, per_device_train_batch_size, ..."
+        )
     for name in TRAINED_SECTIONS:
         _check_training((recipe.get(name) or {}).get("training") or {}, name)
     recipe["_path"] = str(path)

@@ -85,6 +85,10 @@ def fit_semantic_tokenizer_stage(recipe: dict, dataset, out) -> Path:
     return Path(out)
 
 
+CODEC_TRAINING_NAMES = {"max_steps": "steps", "per_device_train_batch_size": "batch_size"}
+"""The codec section's `training` keys (TrainingArguments' names, as every stage) -> `train_mel_codec`'s."""
+
+
 def train_codec_stage(recipe: dict, dataset, out, resume=False) -> Path:
     """Train the embedded mel codec (from its latest checkpoint with `resume`), or save the recipe's pretrained
     EnCodec in `out`."""
@@ -104,8 +108,11 @@ def train_codec_stage(recipe: dict, dataset, out, resume=False) -> Path:
     from .codec import train_mel_codec
 
     config = MelCodecConfig(**(settings.pop("config", None) or {}))
+    training = {
+        CODEC_TRAINING_NAMES.get(key, key): value for key, value in (settings.pop("training", None) or {}).items()
+    }
     audio_column = section(recipe, "data").get("audio_column", "audio")
-    train_mel_codec(dataset, str(out), config=config, audio_column=audio_column, resume=resume, **settings)
+    train_mel_codec(dataset, str(out), config=config, audio_column=audio_column, resume=resume, **settings, **training)
     return Path(out)
 
 
