@@ -1,0 +1,5 @@
+"""`python -m mole_llama.cli`."""
+
+from . import main
+
+main()
