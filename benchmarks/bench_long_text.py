@@ -14,8 +14,8 @@ import time
 import torch
 from transformers import pipeline
 
-from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import embedded_model_path
+from mole_llama.embedded.festival import fortune_sentences, is_held_out
 from mole_llama.modeling.modeling_tts_llama import split_text
 
 

@@ -33,8 +33,8 @@ from peft import LoraConfig, PeftModel, XLoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.conversion.peft_experts import build_mole_from_adapters
+from mole_llama.embedded.base import embedded_base_path
 from mole_llama.modeling.configuration_mole_llama import ALL_LLAMA_PROJECTIONS
 
 

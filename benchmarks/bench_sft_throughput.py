@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig
 
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.base import embedded_base_path
+from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.training.experts import TokenRowsSFTTrainer, load_base_for_expert

@@ -18,8 +18,8 @@ import time
 import torch
 from transformers import GenerationMixin, pipeline
 
-from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import embedded_model_path
+from mole_llama.embedded.festival import fortune_sentences, is_held_out
 
 
 def timed(function, *args, **kwargs):

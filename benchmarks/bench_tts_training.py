@@ -25,8 +25,8 @@ from datasets import load_from_disk
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig
 
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.data.audio import decode_audio, without_audio_decoding
+from mole_llama.embedded.base import embedded_base_path
 from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel

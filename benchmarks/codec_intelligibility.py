@@ -30,7 +30,7 @@ import soundfile
 import torch
 
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.audio_features import LogMelSpectrogram
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig

@@ -19,7 +19,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import VOICES, fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.festival import VOICES, fortune_sentences, is_held_out, synthesize
 from mole_llama.evaluation.intelligibility import score_waveforms
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig

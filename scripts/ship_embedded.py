@@ -26,8 +26,8 @@ from datasets import load_from_disk
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mole_llama import MoLELlamaForCausalLM
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.embedded import embedded_model_path, ship_speaking_model
+from mole_llama.embedded.base import embedded_base_path
 from mole_llama.evaluation.evaluate import evaluate_models, evaluate_speech
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration

@@ -33,7 +33,7 @@ def tiny_llama(tie_word_embeddings=True, seed=0) -> LlamaForCausalLM:
 
 def save_tiny_llama_with_smollm2_tokenizer(path, max_position_embeddings: int = 512):
     """A tiny random Llama with the SmolLM2 tokenizer (its vocabulary and chat template), saved like a real base."""
-    from mole_llama.conversion.gguf import embedded_base_path
+    from mole_llama.embedded.base import embedded_base_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from conftest import save_tiny_llama_with_smollm2_tokenizer, wav_bytes
 from mole_llama.cli import main
-from mole_llama.data.festival import synthesize
+from mole_llama.embedded.festival import synthesize
 from mole_llama.modeling.modeling_mole_llama import MoLELlamaForCausalLM
 from mole_llama.training.recipes import (
     RECIPES_DIR,

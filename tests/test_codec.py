@@ -245,7 +245,7 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
 @pytest.mark.skipif(shutil.which("text2wave") is None, reason="needs festival (scripts/setup.sh installs it)")
 def test_briefly_trained_codec_keeps_festival_speech_intelligible(tmp_path):
     from mole_llama.data.audio import resample
-    from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+    from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
     from mole_llama.evaluation.intelligibility import error_rates, transcribe
 
     sentences = [s for s in fortune_sentences() if not is_held_out(s)][:6]

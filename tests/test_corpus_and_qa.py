@@ -10,9 +10,14 @@ from datasets import Audio
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.data import corpus as corpus_module
 from mole_llama.data.audio import decode_audio, without_audio_decoding
-from mole_llama.data.corpus import build_speech_corpus, split_sentences
-from mole_llama.data.festival import is_held_out
-from mole_llama.data.qa import build_qa_dataset, is_evaluation_question, known_answer_questions, split_open_questions
+from mole_llama.embedded.corpus import build_speech_corpus, split_sentences
+from mole_llama.embedded.festival import is_held_out
+from mole_llama.embedded.qa import (
+    build_qa_dataset,
+    is_evaluation_question,
+    known_answer_questions,
+    split_open_questions,
+)
 
 
 def test_sentence_splits_keep_held_out_sentences_apart():
@@ -74,7 +79,7 @@ def test_qa_data_refuses_a_base_that_answers_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_qa_data_from_the_embedded_base(tmp_path):
-    from mole_llama.conversion.gguf import embedded_base_path
+    from mole_llama.embedded.base import embedded_base_path
 
     qa = build_qa_dataset(
         embedded_base_path(), tmp_path / "qa", num_train=4, num_eval=3, max_new_tokens=12, train_max_new_tokens=96

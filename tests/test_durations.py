@@ -13,7 +13,7 @@ from test_remote_code import BLOCK_MOLE_LLAMA
 from transformers.utils import logging as hf_logging
 
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.modeling.configuration_duration_predictor import DurationPredictorConfig
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel

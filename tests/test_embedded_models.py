@@ -10,8 +10,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from mole_llama.chat import greedy_answers
-from mole_llama.data.festival import fortune_sentences, is_held_out
 from mole_llama.embedded import WEIGHTS_DIR, embedded_model_path
+from mole_llama.embedded.festival import fortune_sentences, is_held_out
 from mole_llama.evaluation.intelligibility import error_rates, transcribe
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from datasets import Audio, Dataset
 
 from conftest import wav_bytes
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import synthesize
+from mole_llama.embedded.festival import synthesize
 from mole_llama.evaluation.speech import ground_truth_intelligibility, synthesized_intelligibility, voice_references
 from mole_llama.modeling.modeling_tts_llama import NoSpeechUnitsError
 

@@ -39,7 +39,7 @@ def test_missing_whisper_names_the_fix(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("text2wave") is None, reason="needs festival (scripts/setup.sh installs it)")
 def test_whisper_understands_festival_speech_better_than_pocketsphinx():
-    from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+    from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:8]
     references, heard = [], {"whisper": [], "pocketsphinx": []}

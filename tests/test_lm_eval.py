@@ -7,8 +7,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.conversion.peft_experts import mole_config_from_base
+from mole_llama.embedded.base import embedded_base_path
 from mole_llama.modeling import MoLELlamaForCausalLM
 
 pytestmark = pytest.mark.slow  # the real SmolLM2 through lm-evaluation-harness

@@ -289,7 +289,7 @@ def test_trl_sft_trainer_trains_only_the_routers_on_chat_data(tmp_path):
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from mole_llama.conversion.gguf import embedded_base_path
+    from mole_llama.embedded.base import embedded_base_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)

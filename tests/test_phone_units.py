@@ -14,7 +14,7 @@ from test_remote_code import BLOCK_MOLE_LLAMA
 
 from conftest import wav_bytes
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import synthesize
+from mole_llama.embedded.festival import synthesize
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
 from mole_llama.modeling.phone_units import PHONES, TranscriptAlignmentError, segments_to_units

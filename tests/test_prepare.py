@@ -11,7 +11,7 @@ from datasets import Audio, Dataset, load_from_disk
 
 from conftest import tiny_encodec, wav_bytes
 from mole_llama.data.audio import decode_audio
-from mole_llama.data.festival import synthesize
+from mole_llama.embedded.festival import synthesize
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_mel_codec import MelCodecModel

@@ -127,7 +127,7 @@ def test_units_of_real_speech_keep_it_intelligible():
     """Festival speech -> units -> centroid log-mel (the utterance's own level put back) -> Griffin-Lim is still
     understood by Whisper on held-out sentences: the units carry the words."""
     from mole_llama.data.audio import resample
-    from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+    from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
     from mole_llama.evaluation.intelligibility import error_rates, transcribe
 
     sentences = fortune_sentences()

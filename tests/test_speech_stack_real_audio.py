@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from mole_llama.data.audio import resample
-from mole_llama.data.festival import fortune_sentences, is_held_out, synthesize
+from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.evaluation.intelligibility import error_rates, transcribe
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig

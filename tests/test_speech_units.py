@@ -74,7 +74,7 @@ def test_units_round_trip_through_token_ids():
 
 @pytest.mark.slow
 def test_speech_tokens_and_prompt_on_the_real_smollm2_tokenizer():
-    from mole_llama.conversion.gguf import embedded_base_path
+    from mole_llama.embedded.base import embedded_base_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_base_path())
     before = len(tokenizer)

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from conftest import TINY_LLAMA
 from mole_llama import MoLELlamaConfig, MoLELlamaForCausalLM
-from mole_llama.conversion.gguf import embedded_base_path
 from mole_llama.conversion.tts_bundle import save_tts_model
+from mole_llama.embedded.base import embedded_base_path
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
 from mole_llama.modeling.configuration_mel_codec import MelCodecConfig
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def cmd_build_corpus(args) -> None:
-    from ..data.corpus import build_speech_corpus
+    from ..embedded.corpus import build_speech_corpus
 
     corpus = build_speech_corpus(
         args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed, args.held_out_voices
@@ -15,8 +15,8 @@ def cmd_build_corpus(args) -> None:
 
 
 def cmd_build_qa(args) -> None:
-    from ..conversion.gguf import embedded_base_path
-    from ..data.qa import build_qa_dataset
+    from ..embedded.base import embedded_base_path
+    from ..embedded.qa import build_qa_dataset
 
     base = args.base or embedded_base_path()
     qa = build_qa_dataset(

@@ -8,7 +8,7 @@ from .common import parse_named_folder
 def cmd_evaluate(args) -> None:
     from datasets import load_from_disk
 
-    from ..conversion.gguf import embedded_base_path
+    from ..embedded.base import embedded_base_path
     from ..evaluation.evaluate import evaluate_models
     from ..evaluation.report import write_report
 

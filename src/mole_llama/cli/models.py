@@ -8,7 +8,7 @@ from .common import parse_named_folder
 
 
 def cmd_embedded_base(args) -> None:
-    from ..conversion.gguf import embedded_base_path
+    from ..embedded.base import embedded_base_path
 
     print(embedded_base_path(args.cache_dir))
 

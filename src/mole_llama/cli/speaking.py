@@ -22,7 +22,7 @@ def cmd_ask(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..chat import greedy_chat_reply
-    from ..conversion.gguf import embedded_base_path
+    from ..embedded.base import embedded_base_path
     from ..modeling.modeling_mole_llama import check_model_folder
 
     if not args.question.strip():

@@ -1,1 +1,1 @@
-"""Embedded data: festival speech synthesis, fortune sentences, the speech corpus builder and offline QA data."""
+"""Audio data: decoding Audio values and folders of clips without torchcodec, and resampling."""

@@ -23,7 +23,7 @@ def base_model_path(recipe: dict) -> str:
     if not base:
         raise ValueError("the recipe has no base_model: set one, e.g. --set base_model=embedded")
     if base == "embedded":
-        from ..conversion.gguf import embedded_base_path
+        from ..embedded.base import embedded_base_path
 
         return str(embedded_base_path())
     return str(base)

@@ -123,7 +123,7 @@ def run_demo(out_dir="demo_output", profile: str = "default", config: str = "emb
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mole_llama.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mole_llama.embedded.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output", help="output folder")
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
     parser.add_argument("--config", default="embedded", help="recipe to train with")
