@@ -125,9 +125,9 @@ class MoLELinear(nn.Linear):
         return self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float())
 
     def merged_weight(self, name: str) -> torch.Tensor:
-        """`W + s B A` of expert `name`, computed on first use and kept until the weight, the expert, the device or
-        the dtype changes (their tensor versions and storage are checked on every call)."""
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (self.weight, self.lora_A[name], self.lora_B[name]))
+        """`W + s B A` of expert `name`, computed on first use and kept until the weight or the expert changes: an
+        in-place change bumps a tensor's version, a move to another device or dtype gives the weight new storage."""
+        key = (self.weight.data_ptr(), self.weight._version, self.lora_A[name]._version, self.lora_B[name]._version)
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
             cached = (key, (self.weight.float() + self.delta_weight(name)).to(self.weight.dtype))
@@ -234,15 +234,22 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         routing = self.routing if self.routing is not None else self.router(hidden_states)
         if not isinstance(routing, str):
             routing = self.router.single_expert(routing) or routing  # hard routing: one expert for all tokens
-        # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies.
-        projections = [module for module in self.modules() if isinstance(module, MoLELinear)]
+        # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies;
+        # the projections are direct children of the attention and the MLP, and `routing` a plain attribute, so
+        # both steps skip nn.Module's slow paths (a recursive walk, __setattr__), which cost ~10% of a decode step.
+        projections = [
+            module
+            for parent in (self.self_attn, self.mlp)
+            for module in parent._modules.values()
+            if isinstance(module, MoLELinear)
+        ]
         for projection in projections:
-            projection.routing = routing
+            projection.__dict__["routing"] = routing
         try:
             return super().forward(hidden_states, *args, **kwargs)
         finally:
             for projection in projections:
-                projection.routing = NO_EXPERT
+                projection.__dict__["routing"] = NO_EXPERT
 
 
 class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
