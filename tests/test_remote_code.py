@@ -74,3 +74,31 @@ def test_saved_folder_names_every_entry_point(tiny_mole_dir):
         source = (tiny_mole_dir / f"{module}.py").read_text()
         assert not re.search(r"^\s*(import mole_llama|from mole_llama|from \.\.)", source, re.MULTILINE), module
     assert not list(tiny_mole_dir.glob("*.bin")), "weights must be safetensors only"
+
+
+def test_hard_routing_and_the_merged_cache_survive_remote_code_loading(tiny_mole_dir, tmp_path):
+    folder = tmp_path / "hard"
+    MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True, merged_expert_cache=True).save_pretrained(
+        folder
+    )
+    ids = torch.randint(3, 100, (1, 7), generator=torch.Generator().manual_seed(1))
+    torch.save(ids, tmp_path / "ids.pt")
+    result = run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert model.config.hard_routing and model.config.merged_expert_cache
+        ids = torch.load({str(tmp_path / "ids.pt")!r})
+        with torch.no_grad():
+            generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        torch.save(generated, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = MoLELlamaForCausalLM.from_pretrained(folder).eval()
+    assert local.config.hard_routing and local.config.merged_expert_cache
+    with torch.no_grad():
+        assert torch.equal(local.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0),
+                           torch.load(tmp_path / "out.pt"))  # fmt: skip
