@@ -8,8 +8,8 @@ import torch
 from datasets import Audio
 
 from conftest import save_tiny_llama_with_smollm2_tokenizer
-from mole_llama.data import corpus as corpus_module
 from mole_llama.data.audio import decode_audio, without_audio_decoding
+from mole_llama.embedded import corpus as corpus_module
 from mole_llama.embedded.corpus import build_speech_corpus, split_sentences
 from mole_llama.embedded.festival import is_held_out
 from mole_llama.embedded.qa import (
