@@ -276,3 +276,11 @@ def test_overrides_read_exponent_numbers_as_numbers():
     assert parse_override("router.training.learning_rate=1e-2") == (["router", "training", "learning_rate"], 0.01)
     assert parse_override("a.b=2.5E+3")[1] == 2500.0 and parse_override("a.b=nan")[1] == "nan"
     assert parse_override("data.text_column=sentence")[1] == "sentence" and parse_override("a.b=10")[1] == 10
+
+
+def test_the_demo_profiles_fit_the_embedded_recipe():
+    from mole_llama.embedded.demo import PROFILES
+
+    for name, profile in PROFILES.items():
+        recipe = load_recipe("embedded", profile["set"])  # every override names a real setting of its stage
+        assert recipe["codec"]["training"]["max_steps"] > 0, name
