@@ -162,8 +162,7 @@ def push_to_hub(repo_dir, repo_id: str, private: bool = True, token: str | None 
     """Upload an exported folder with huggingface_hub (`create_repo` + `upload_folder`); returns the commit URL.
     Fails with one clear line when no token is set or the Hub cannot be reached, before anything is written."""
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    from huggingface_hub.utils._http import httpx2  # the HTTP client huggingface_hub uses, whatever its version
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
     repo_dir = Path(repo_dir)
     if not (repo_dir / "README.md").is_file() or not (repo_dir / "config.json").is_file():
@@ -189,7 +188,7 @@ def push_to_hub(repo_dir, repo_id: str, private: bool = True, token: str | None 
                                    commit_message="Upload with mole-llama push")  # fmt: skip
     except OfflineModeIsEnabled as error:
         raise HubError("HF_HUB_OFFLINE is set: unset it on a machine with network access to push") from error
-    except (OSError, HfHubHTTPError, httpx2.HTTPError) as error:
+    except (OSError, HfHubHTTPError, HTTPError) as error:  # HTTPError: its HTTP client's, whatever the version
         reason = str(error).splitlines()[0][:200]
         raise HubError(f"cannot reach the Hugging Face Hub to push {repo_id} ({reason}): check the network") from error
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

@@ -143,6 +143,24 @@ def encode(model, waveform, rate, target_rate, text=None) -> torch.Tensor:
     return (model.encode(waveform) if text is None else model.encode(waveform, text)).cpu()
 
 
+def dataset_fingerprint(dataset, text_column: str, audio_column: str) -> str:
+    """A hash of the rows' text and audio (bytes, path or samples, never decoded), read through public APIs: the
+    same rows give the same key whatever selection or file they came from, and reading them costs far less than
+    the encoding a cache hit saves."""
+    digest = hashlib.blake2b(digest_size=16)
+    for batch in without_audio_decoding(dataset, audio_column).iter(batch_size=256):
+        for text, audio in zip(batch[text_column], batch[audio_column]):
+            digest.update(repr(text).encode())
+            if isinstance(audio, dict) and audio.get("array") is not None:
+                digest.update(np.asarray(audio["array"], dtype=np.float32).tobytes())
+                digest.update(str(audio.get("sampling_rate")).encode())
+            elif isinstance(audio, dict):
+                digest.update(audio.get("bytes") or str(audio.get("path")).encode())
+            else:
+                digest.update(repr(audio).encode())
+    return digest.hexdigest()
+
+
 def model_fingerprint(model) -> str:
     """Config and weights: a model with other weights (or settings) must not be served another one's cache."""
     digest = hashlib.blake2b(digest_size=16)
@@ -233,7 +251,8 @@ def prepare_speech_dataset(
         return (prepared, report) if return_report else prepared
 
     settings = [PREPARE_VERSION, text_column, audio_column, float(max_seconds), keep_columns]
-    parts = [dataset._fingerprint, model_fingerprint(semantic_tokenizer), model_fingerprint(codec), settings]
+    rows = dataset_fingerprint(dataset, text_column, audio_column)
+    parts = [rows, model_fingerprint(semantic_tokenizer), model_fingerprint(codec), settings]
     key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=8).hexdigest()
     cache_file_name = None
     if cache_dir is not None and not dataset.cache_files:
