@@ -80,6 +80,11 @@ def mole_section(metrics: dict) -> str:
     routing = metrics["routing"]
     spoken = metrics["spoken_answers"]
     answers = "\n".join(f"| {a['question']} | {a['answer']} | {a['transcript']} | {a['wer']:.2f} |" for a in spoken)
+    layers = routing.get("per_layer", {})
+    least_sure = "; ".join(
+        f"{task} layer {min(range(len(v['share'])), key=v['share'].__getitem__)} ({min(v['share']):.3f})"
+        for task, v in layers.items()
+    )
     tts_all = metrics["intelligibility"]["TTS-Llama"]["all"]["wer"]
     mole_all = metrics["intelligibility"]["MoLE-Llama"]["all"]["wer"]
     return f"""
@@ -90,8 +95,8 @@ def mole_section(metrics: dict) -> str:
 {rows}
 
 Router accuracy (share of answer tokens routed mainly to their task's expert): text {routing["text"]:.3f}, speech
-{routing["tts"]:.3f}. Speech WER next to the TTS-Llama on the same sentences: {mole_all:.3f} vs {tts_all:.3f}
-({mole_all / max(tts_all, 1e-9):.2f}x).
+{routing["tts"]:.3f}; per layer, the least sure: {least_sure}. Speech WER next to the TTS-Llama on the same
+sentences: {mole_all:.3f} vs {tts_all:.3f} ({mole_all / max(tts_all, 1e-9):.2f}x).
 
 Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisper hears):
 
@@ -103,6 +108,7 @@ Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisp
 
 def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, extra: str = "") -> str:
     voices = [voice for voice in rates if voice != "all"]
+    router_line = f"\n- Routers: {args.router_notes}" if name == "mole-llama" and args.router_notes else ""
     results = [
         EvalResult(
             task_type="text-to-speech",
@@ -160,7 +166,7 @@ took {seconds / 60:.1f} min here).
 - Data: fortune sentences (Debian `fortunes`) read by festival's kal, ked, slt and flite's awb, slt voices; flite's
   rms is held out of every stage. Units: pocketsphinx en-us phones force-aligned to the transcript, collapsed.
 - Speech expert: {facts.get("steps")} steps of batch {facts.get("batch_size")} ({facts.get("epochs")} epochs), TRL
-  `SFTTrainer`, loss over the speech tokens only. {args.training_notes}
+  `SFTTrainer`, loss over the speech tokens only. {args.training_notes}{router_line}
 - Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; commit {commit}.
 
 Learning curve (held-out greedy unit error rate):
@@ -198,6 +204,7 @@ def main():
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
     parser.add_argument("--hard-routing", action="store_true", help="mole-llama: ship with hard (top-1) routing")
+    parser.add_argument("--router-notes", default="", help="mole-llama: how the routers were trained, in words")
     parser.add_argument("--qa", help="mole-llama: the build-qa folder (retention, router accuracy, spoken answers)")
     parser.add_argument("--prompts", type=int, default=200, help="mole-llama: held-out prompts for retention")
     args = parser.parse_args()
