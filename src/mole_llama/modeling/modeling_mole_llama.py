@@ -192,10 +192,10 @@ class MoLERouter(nn.Module):
         self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(self.proj_in(self.norm(hidden_states)))
-        probabilities = (self.proj_out(hidden).float() / self.temperature).softmax(dim=-1)
-        if self.hard and not self.training:
-            return F.one_hot(probabilities.argmax(dim=-1), probabilities.shape[-1]).to(probabilities.dtype)
+        logits = self.proj_out(F.silu(self.proj_in(self.norm(hidden_states))))
+        if self.hard and not self.training:  # the top expert of the logits is the softmax's: skip the softmax
+            return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+        probabilities = (logits.float() / self.temperature).softmax(dim=-1)
         if self.top_k is None or self.top_k >= probabilities.shape[-1]:
             return probabilities
         kept = torch.zeros_like(probabilities, dtype=torch.bool)
@@ -207,8 +207,10 @@ class MoLERouter(nn.Module):
         """The expert every token routes to, when hard routing chose one for all (its fast path), else None."""
         if not (self.hard and not self.training):
             return None
-        choice = weights.argmax(dim=-1)
-        first = choice.reshape(-1)[0]
+        choice = weights.reshape(-1, weights.shape[-1]).argmax(dim=-1)
+        if choice.numel() == 1:  # one-token decoding: no comparison needed
+            return self.expert_names[int(choice)]
+        first = choice[0]
         return self.expert_names[int(first)] if bool((choice == first).all()) else None
 
 
