@@ -108,8 +108,9 @@ def speak(speaker, text: str, args) -> dict:
     return speaker(text, generate_kwargs=generate_kwargs)
 
 
-def add_stage(commands, name: str, help: str, run, dataset: bool = True):
-    """A training stage's subcommand with the options every stage takes (recipe, overrides, output, dataset)."""
+def add_stage(commands, name: str, help: str, run, dataset: bool = True, resumable: bool = True):
+    """A training stage's subcommand with the options every stage takes (recipe, overrides, output, dataset, and
+    `--resume` for those that checkpoint)."""
     command = commands.add_parser(name, help=help)
     command.add_argument("--config", default="embedded", help="recipe: a YAML path, or 'embedded' / 'paper'")
     command.add_argument(
@@ -120,5 +121,7 @@ def add_stage(commands, name: str, help: str, run, dataset: bool = True):
     command.add_argument("--split", default="train", help="dataset split to read")
     if dataset:
         command.add_argument("--dataset", help="save_to_disk folder, JSON/JSONL file, data folder or Hub id")
+    if resumable:
+        command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     command.set_defaults(run=run)
     return command

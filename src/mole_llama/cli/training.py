@@ -116,30 +116,19 @@ def cmd_train_router(args) -> None:
 
 def add_commands(commands) -> None:
     stage = partial(add_stage, commands)
-    command = stage("fit-semantic-tokenizer", "fit the semantic units (k-means) on a speech dataset",
-                    cmd_fit_semantic_tokenizer)  # fmt: skip
-    command = add_stage(
-        commands, "train-codec", "train the embedded codec (or save the recipe's EnCodec)", cmd_train_codec
-    )
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    command = stage("prepare", "speech dataset -> text, semantic units, acoustic codes", cmd_prepare)
+    stage("fit-semantic-tokenizer", "fit the semantic units (k-means) on a speech dataset", cmd_fit_semantic_tokenizer,
+          resumable=False)  # fmt: skip
+    stage("train-codec", "train the embedded codec (or save the recipe's EnCodec)", cmd_train_codec)
+    command = stage("prepare", "speech dataset -> text, semantic units, acoustic codes", cmd_prepare, resumable=False)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--codec", help="folder of train-codec")
     command.add_argument("--streaming", action="store_true", help="stream the input instead of loading it")
-    command = add_stage(
-        commands, "train-acoustic-lm", "train the acoustic LM on a prepared dataset", cmd_train_acoustic_lm
-    )
+    command = stage("train-acoustic-lm", "train the acoustic LM on a prepared dataset", cmd_train_acoustic_lm)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--codec", help="folder of train-codec")
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    command = add_stage(
-        commands, "train-duration", "train the duration predictor on a prepared dataset", cmd_train_duration
-    )
+    command = stage("train-duration", "train the duration predictor on a prepared dataset", cmd_train_duration)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    command = add_stage(
-        commands, "train-tts", "train the speech expert (TTS-Llama) on a prepared dataset", cmd_train_tts
-    )
+    command = stage("train-tts", "train the speech expert (TTS-Llama) on a prepared dataset", cmd_train_tts)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--acoustic-lm", help="folder of train-acoustic-lm (to bundle a speaking model)")
     command.add_argument("--codec", help="folder of train-codec (to bundle a speaking model)")
@@ -150,20 +139,13 @@ def add_commands(commands) -> None:
         help="start from this adapter's weights (e.g. src/mole_llama/embedded/weights/tts-llama/"
         "speech_expert) to continue an earlier session's training",
     )
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     command = stage("train-text", "train the text expert on a chat (messages) dataset", cmd_train_text)
     command.add_argument("--messages-column", default="messages")
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    command = add_stage(
-        commands, "train-router", "build the MoLE-Llama and train only its routers", cmd_train_router, False
-    )
+    command = stage("train-router", "build the MoLE-Llama and train only its routers", cmd_train_router, dataset=False)
     command.add_argument("--speech-expert", help="speech adapter folder (default: <output_dir>/tts/adapter)")
     command.add_argument("--text-expert", help="text adapter folder (default: <output_dir>/text_expert)")
     command.add_argument("--tts-dataset", help="prepared speech dataset (default: <output_dir>/prepared)")
     command.add_argument("--text-dataset", required=True, help="chat (messages) dataset")
     command.add_argument("--messages-column", default="messages")
-    command.add_argument("--semantic-tokenizer", help="to bundle a speaking model")
-    command.add_argument("--acoustic-lm", help="to bundle a speaking model")
-    command.add_argument("--codec", help="to bundle a speaking model")
-    command.add_argument("--duration-predictor", help="to bundle a speaking model")
-    command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    for part in ("--semantic-tokenizer", "--acoustic-lm", "--codec", "--duration-predictor"):
+        command.add_argument(part, help="to bundle a speaking model")

@@ -41,4 +41,15 @@ def last_complete_checkpoint(folder) -> str | None:
     return None
 
 
-__all__ = ["last_complete_checkpoint"]
+def checkpoint_to_resume(folder, resume: bool) -> str | None:
+    """With `resume`, the newest complete checkpoint of `folder` (a warning when there is none yet, and the run
+    starts from the beginning); without it, None: a run resumes only when asked."""
+    if not resume:
+        return None
+    checkpoint = last_complete_checkpoint(folder)
+    if checkpoint is None:
+        logger.warning(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
+    return checkpoint
+
+
+__all__ = ["checkpoint_to_resume", "last_complete_checkpoint"]

@@ -8,7 +8,7 @@ from transformers.utils import logging
 from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.configuration_mel_codec import MelCodecConfig
 from ..modeling.modeling_mel_codec import MelCodecModel
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import checkpoint_to_resume
 
 logger = logging.get_logger(__name__)
 
@@ -105,9 +105,7 @@ def train_mel_codec(
 
     torch.manual_seed(seed)
     model = MelCodecModel(config)
-    checkpoint = last_complete_checkpoint(output_dir) if resume else None
-    if resume and checkpoint is None:
-        logger.warning(f"resume: no checkpoint in {output_dir} yet, starting from the beginning")
+    checkpoint = checkpoint_to_resume(output_dir, resume)
     if checkpoint is None:  # a resumed run gets statistics and codebooks back from the checkpoint's weights
         frames_per_segment = model.features.num_frames(segment_samples)
         count = max(1, -(-init_frames // frames_per_segment))

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_f
 from transformers.utils import logging
 
 from ..data.audio import audio_folder_dataset, is_audio_folder
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import checkpoint_to_resume
 from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
 
 logger = logging.get_logger(__name__)
@@ -160,7 +160,7 @@ def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, code
     args = acoustic_training_arguments(recipe, out)
     torch.manual_seed(args.seed)
     model = AcousticLMForConditionalGeneration(config)
-    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=_resume(out, resume))
+    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=checkpoint_to_resume(out, resume))
     return Path(out)
 
 
@@ -178,18 +178,8 @@ def train_duration_stage(recipe: dict, prepared, semantic_tokenizer_dir, out, re
     )
     args = default_duration_arguments(str(out), **(settings.get("training") or {}))
     torch.manual_seed(args.seed)
-    train_duration_predictor(DurationPredictorModel(config), prepared, args, _resume(out, resume))
+    train_duration_predictor(DurationPredictorModel(config), prepared, args, checkpoint_to_resume(out, resume))
     return Path(out)
-
-
-def _resume(out, resume: bool):
-    """The latest complete checkpoint when asked and one exists; a fresh run otherwise."""
-    if not resume:
-        return None
-    checkpoint = last_complete_checkpoint(out)
-    if checkpoint is None:
-        logger.warning(f"--resume: no checkpoint in {out} yet, starting from the beginning")
-    return checkpoint
 
 
 def _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir=None) -> dict:
@@ -277,7 +267,7 @@ def train_tts_stage(
     callbacks = [_learning_curve(settings, eval_prepared, base, num_units)] if eval_prepared is not None else None
     trainer = train_expert(
         base, _tts_examples(recipe, prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
-        resume_from_checkpoint=_resume(adapter_dir, resume), unit_names=unit_names,
+        resume_from_checkpoint=checkpoint_to_resume(adapter_dir, resume), unit_names=unit_names,
         speech_vocabulary_loss=bool(settings.get("speech_vocabulary_loss")), callbacks=callbacks,
         init_adapter=init_adapter,
     )  # fmt: skip
@@ -302,7 +292,7 @@ def train_text_stage(recipe: dict, dataset, out, messages_column="messages", res
     args = sft_config(recipe, "text_expert", out)
     train_expert(
         base_model_path(recipe), text_examples(dataset, messages_column), args, lora_settings(recipe, "text_expert"),
-        resume_from_checkpoint=_resume(out, resume),
+        resume_from_checkpoint=checkpoint_to_resume(out, resume),
     )  # fmt: skip
     return Path(out)
 
@@ -342,7 +332,7 @@ def train_router_stage(
     mixed = mixed_examples(_tts_examples(recipe, prepared), text_examples(text_dataset, messages_column))
     args = sft_config(recipe, "router", out)
     trainer = train_router(
-        model, tokenizer, mixed, args, resume_from_checkpoint=_resume(out, resume),
+        model, tokenizer, mixed, args, resume_from_checkpoint=checkpoint_to_resume(out, resume),
         routing_loss_weight=float(settings.get("routing_loss_weight", 0.0)),
     )  # fmt: skip
     if speaking and trainer.is_world_process_zero():
