@@ -97,9 +97,10 @@ def test_every_stage_runs_from_the_command_line(workspace, capsys, monkeypatch):
         assert (out / stage).is_dir(), stage
     # a stage's --set wins over the file
     run("train-tts", "--config", recipe, "--set", "tts_expert.training.max_steps=8")
-    adapter_state = json.loads((out / "tts" / "adapter" / "checkpoint-8" / "trainer_state.json").read_text())
+    adapter_state = json.loads((out / "tts" / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert adapter_state["global_step"] == 8
     assert (out / "tts" / "adapter" / "adapter_config.json").is_file()
+    assert not list((out / "tts" / "adapter").glob("checkpoint-*")), "the final adapter lies apart from checkpoints"
     assert (out / "tts" / "model" / "acoustic_lm").is_dir() and (out / "tts" / "model" / "codec").is_dir()
     run("train-text", "--config", recipe, "--dataset", workspace / "chat.jsonl")
     run("train-router", "--config", recipe, "--text-dataset", workspace / "chat.jsonl")
@@ -138,7 +139,7 @@ def test_resume_picks_up_the_latest_checkpoint(workspace, capsys):
               "--codec", out / "codec", "--out", out / "am"]  # fmt: skip
     run("train-acoustic-lm", *common, "--set", "acoustic_lm.training.max_steps=2")
     run("train-acoustic-lm", *common, "--resume")
-    state = json.loads((out / "am" / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((out / "am" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4]
 
 
@@ -220,7 +221,7 @@ def test_accelerate_two_processes_train_the_speech_expert(workspace, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    state = json.loads(sorted((out / "adapter").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    state = json.loads(sorted((out / "checkpoints").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     # 8 examples, 2 per process: two processes see them all in 2 steps (4 epochs in 8 steps); one would need 4

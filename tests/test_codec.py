@@ -229,13 +229,14 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     config = MelCodecConfig(**TINY)
     kwargs = dict(batch_size=8, segment_seconds=0.5, learning_rate=5e-3, logging_steps=20, save_steps=160)
     train_mel_codec(data, str(tmp_path), config, steps=160, **kwargs)
-    history = json.loads((tmp_path / "checkpoint-160" / "trainer_state.json").read_text())["log_history"]
+    checkpoints = tmp_path / "checkpoints"  # apart from the final model in tmp_path itself
+    history = json.loads((checkpoints / "checkpoint-160" / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert losses[-1] < 0.9 * losses[0], losses  # measured: 0.76 -> 0.60
 
     # Asked to, a longer run in the same folder resumes from checkpoint-160 rather than starting again.
     model = train_mel_codec(data, str(tmp_path), config, steps=200, resume=True, **kwargs)
-    state = json.loads((tmp_path / "checkpoint-200" / "trainer_state.json").read_text())
+    state = json.loads((checkpoints / "checkpoint-200" / "trainer_state.json").read_text())
     assert state["global_step"] == 200
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry][:8] == list(range(20, 161, 20))
     assert torch.equal(MelCodecModel.from_pretrained(tmp_path).encode(chirps(1)), model.encode(chirps(1)))

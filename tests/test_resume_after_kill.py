@@ -68,12 +68,12 @@ def test_a_run_killed_while_saving_resumes_to_the_same_weights(recipe, tmp_path)
     process = subprocess.run([sys.executable, "-c", KILLER, *command, "--out", str(killed)], env=env,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
-    cut = killed / f"checkpoint-{KILL_AT_STEP}"
+    cut = killed / "checkpoints" / f"checkpoint-{KILL_AT_STEP}"
     assert (cut / "optimizer.pt").is_file() and not (cut / "trainer_state.json").is_file()  # half written
     assert not (killed / "adapter_model.safetensors").exists()
 
     main([*command, "--out", str(killed), "--resume"])  # from checkpoint-4, the newest complete one
-    state = json.loads((killed / "checkpoint-8" / "trainer_state.json").read_text())
+    state = json.loads((killed / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     losses = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert losses == [2, 4, 6, 8]  # steps 1-4 from before the kill, 5-8 trained again after it
     expected, resumed = adapter_weights(straight), adapter_weights(killed)

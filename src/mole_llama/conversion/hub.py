@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ..training.checkpoints import CHECKPOINTS_FOLDER
+
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "speaking_llama.md"
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".py", ".txt", ".model", ".jinja"}
 """What a Hub folder may hold: weights as safetensors only (nothing that unpickles), configs, code, tokenizer."""
@@ -27,7 +29,10 @@ def _model_files(model_dir: Path) -> list:
     files = []
     for path in sorted(model_dir.rglob("*")):
         relative = path.relative_to(model_dir)
-        if not path.is_file() or any(part.startswith(("checkpoint-", ".")) for part in relative.parts):
+        leftover = relative.parts[0] == CHECKPOINTS_FOLDER or any(
+            part.startswith(("checkpoint-", ".")) for part in relative.parts
+        )  # a stage's checkpoints (`OUT/checkpoints/`, or a trainer's `checkpoint-N` anywhere) never travel
+        if not path.is_file() or leftover:
             continue
         if path.suffix in ALLOWED_SUFFIXES:
             files.append(relative)

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..modeling.configuration_acoustic_lm import AcousticLMConfig
 from ..modeling.modeling_acoustic_lm import PAD_CODE, AcousticLMForConditionalGeneration
+from .checkpoints import save_on_main_process
 
 REQUIRED_COLUMNS = ("semantic_units", "acoustic_codes")
 
@@ -208,14 +209,16 @@ def train_acoustic_lm(
     eval_dataset=None,
     collator: AcousticLMDataCollator | None = None,
     resume_from_checkpoint: str | bool | None = None,
+    save_dir=None,
     save_final: bool = True,
 ) -> Trainer:
-    """Train (or resume: a checkpoint folder, or True for the latest in `args.output_dir`) and save the final
-    model in `args.output_dir`. Returns the trainer, whose `state.log_history` holds the losses."""
+    """Train (or resume: a checkpoint folder, or True for the latest in `args.output_dir`) and, unless
+    `save_final=False`, save the final model in `save_dir` (default `args.output_dir`). Returns the trainer, whose
+    `state.log_history` holds the losses."""
     trainer = build_acoustic_lm_trainer(model, train_dataset, args, eval_dataset=eval_dataset, collator=collator)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_final:
-        trainer.save_model(args.output_dir)
+        save_on_main_process(trainer, lambda: trainer.save_model(save_dir or args.output_dir))
     return trainer
 
 

@@ -1,4 +1,8 @@
-"""Which checkpoint a resumed run starts from.
+"""Where a training stage keeps its checkpoints, which one a resumed run starts from, and how a stage ends.
+
+Every stage writes its final model to its output folder OUT and its trainer's checkpoints to `OUT/checkpoints`, so a
+finished model never sits among `checkpoint-N` folders, optimizer states and pickles (`export` and `push` take the
+model alone).
 
 transformers' `Trainer` writes a checkpoint in place, file by file (weights, optimizer, scheduler, RNG states, and
 `trainer_state.json` last), so a run killed while it saves leaves a `checkpoint-N` folder that looks like the newest
@@ -15,6 +19,20 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+CHECKPOINTS_FOLDER = "checkpoints"
+
+
+def checkpoints_dir(out) -> Path:
+    """The folder a stage's trainer writes its checkpoints to (its `output_dir`): `out/checkpoints`."""
+    return Path(out) / CHECKPOINTS_FOLDER
+
+
+def save_on_main_process(trainer, save) -> None:
+    """The end of every training stage: all processes wait for the last step, then the main process alone calls
+    `save()`, so a multi-GPU run writes its final model once."""
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        save()
 
 
 def last_complete_checkpoint(folder) -> str | None:
@@ -52,4 +70,10 @@ def checkpoint_to_resume(folder, resume: bool) -> str | None:
     return checkpoint
 
 
-__all__ = ["checkpoint_to_resume", "last_complete_checkpoint"]
+__all__ = [
+    "CHECKPOINTS_FOLDER",
+    "checkpoint_to_resume",
+    "checkpoints_dir",
+    "last_complete_checkpoint",
+    "save_on_main_process",
+]

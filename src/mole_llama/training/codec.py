@@ -8,7 +8,7 @@ from transformers.utils import logging
 from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.configuration_mel_codec import MelCodecConfig
 from ..modeling.modeling_mel_codec import MelCodecModel
-from .checkpoints import checkpoint_to_resume
+from .checkpoints import checkpoint_to_resume, checkpoints_dir, save_on_main_process
 
 logger = logging.get_logger(__name__)
 
@@ -88,9 +88,9 @@ def train_mel_codec(
     """Train a `MelCodecModel` on `data` (see `load_waveforms`) for `steps` optimiser steps and save it in `output_dir`.
 
     Before the first step the log-mel statistics and the codebooks (k-means) are set from `init_frames` frames of
-    random crops. Checkpoints go to `output_dir/checkpoint-*` every `save_steps`; only with `resume` does a run pick
-    up from the last one (a new run into an old folder starts afresh, with its own settings). Extra keyword arguments
-    go to `TrainingArguments` (e.g. `lr_scheduler_type`, `report_to`).
+    random crops. Checkpoints go to `output_dir/checkpoints/checkpoint-*` every `save_steps`; only with `resume` does
+    a run pick up from the last one (a new run into an old folder starts afresh, with its own settings). Extra keyword
+    arguments go to `TrainingArguments` (e.g. `lr_scheduler_type`, `report_to`).
     """
     config = config or MelCodecConfig()
     if steps <= 0 or batch_size <= 0 or segment_seconds <= 0:
@@ -105,7 +105,7 @@ def train_mel_codec(
 
     torch.manual_seed(seed)
     model = MelCodecModel(config)
-    checkpoint = checkpoint_to_resume(output_dir, resume)
+    checkpoint = checkpoint_to_resume(checkpoints_dir(output_dir), resume)
     if checkpoint is None:  # a resumed run gets statistics and codebooks back from the checkpoint's weights
         frames_per_segment = model.features.num_frames(segment_samples)
         count = max(1, -(-init_frames // frames_per_segment))
@@ -113,7 +113,7 @@ def train_mel_codec(
         model.initialize_from_data(torch.stack([sample[i]["input_values"] for i in range(count)]), seed=seed)
 
     arguments = dict(
-        output_dir=output_dir,
+        output_dir=str(checkpoints_dir(output_dir)),
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -136,7 +136,7 @@ def train_mel_codec(
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
-    model.save_pretrained(output_dir)
+    save_on_main_process(trainer, lambda: model.save_pretrained(output_dir))
     return model
 
 

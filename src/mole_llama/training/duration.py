@@ -11,6 +11,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..modeling.modeling_duration_predictor import DurationPredictorModel
 from ..modeling.speech_units import deduplicate_units
+from .checkpoints import save_on_main_process
 
 
 @dataclass
@@ -54,10 +55,11 @@ def default_duration_arguments(output_dir: str, **overrides) -> TrainingArgument
 
 
 def train_duration_predictor(
-    model: DurationPredictorModel, train_dataset, args: TrainingArguments, resume_from_checkpoint=None
+    model: DurationPredictorModel, train_dataset, args: TrainingArguments, resume_from_checkpoint=None, save_dir=None
 ) -> Trainer:
-    """Train on a dataset with a `semantic_units` column (frame-level units) and save the model in
-    `args.output_dir`. Returns the trainer (`state.log_history` holds the losses)."""
+    """Train on a dataset with a `semantic_units` column (frame-level units) and save the model in `save_dir`
+    (default `args.output_dir`, where the trainer's checkpoints go). Returns the trainer (`state.log_history`
+    holds the losses)."""
     if "semantic_units" not in (train_dataset.column_names or []):
         raise ValueError(
             f"the dataset has no semantic_units column (it has {train_dataset.column_names}): "
@@ -71,7 +73,7 @@ def train_duration_predictor(
     train_dataset = train_dataset.select_columns(["semantic_units"])
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=DurationDataCollator())
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
+    save_on_main_process(trainer, lambda: trainer.save_model(save_dir or args.output_dir))
     return trainer
 
 

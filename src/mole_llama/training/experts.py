@@ -14,6 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..modeling.configuration_mole_llama import ExpertSpec
 from ..modeling.speech_units import add_speech_tokens
+from .checkpoints import save_on_main_process
 
 PAPER_LORA = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
 """The paper's LoRA of each expert (every attention and MLP projection): what `train_expert` uses by default."""
@@ -151,9 +152,10 @@ def train_expert(
     unit_names: list | None = None,
     speech_vocabulary_loss: bool = False,
     init_adapter=None,
+    save_dir=None,
 ) -> SFTTrainer:
     """Fine-tune one LoRA expert on prompt-completion examples and save the adapter (with the tokenizer) in
-    `args.output_dir`.
+    `save_dir` (default `args.output_dir`, where the trainer's checkpoints go).
 
     Args:
         base_model: folder or Hub id of the Llama instruct base.
@@ -194,12 +196,15 @@ def train_expert(
     if init_adapter is not None and not resume_from_checkpoint:
         _load_adapter_weights(trainer.model, init_adapter)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
+    save_dir = save_dir or args.output_dir
+
+    def save():
         # The trained token rows are in the adapter; without save_embedding_layers=False PEFT would also store the
         # whole resized embedding table (and the tied head), ~230 MB for SmolLM2, for rows the base already has.
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(args.output_dir, save_embedding_layers=False)
-        tokenizer.save_pretrained(args.output_dir)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(save_dir, save_embedding_layers=False)
+        tokenizer.save_pretrained(save_dir)
+
+    save_on_main_process(trainer, save)
     return trainer
 
 

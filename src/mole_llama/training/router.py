@@ -18,6 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from ..modeling.modeling_mole_llama import MoLELlamaForCausalLM, MoLERouter
 from ..modeling.speech_units import SPEECH_START
 from ..routing import DEFAULT_EXPERT_FOR_TASK, completion_rows, routed_token_counts
+from .checkpoints import save_on_main_process
 from .sft_data import TASK_COLUMN
 
 PROBE_EXAMPLES_PER_TASK = 4
@@ -136,9 +137,11 @@ def train_router(
     eval_dataset=None,
     resume_from_checkpoint: str | bool | None = None,
     routing_loss_weight: float = 0.0,
+    save_dir=None,
 ) -> RouterSFTTrainer:
     """Train the routers of `model` (everything else frozen) on `mixed_examples` and save the MoLE-Llama (with the
-    tokenizer) in `args.output_dir`. Returns the trainer; its log history holds the losses and routing shares.
+    tokenizer) in `save_dir` (default `args.output_dir`, where the trainer's checkpoints go). Returns the trainer;
+    its log history holds the losses and routing shares.
     `routing_loss_weight` > 0 adds the task routing loss (0: the paper's LM loss alone)."""
     if not isinstance(model, MoLELlamaForCausalLM):
         raise ValueError(f"router training needs a MoLE-Llama (build one with build-mole), got {type(model).__name__}")
@@ -163,10 +166,13 @@ def train_router(
         routing_loss_weight=routing_loss_weight,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(args.output_dir)
-        tokenizer.save_pretrained(args.output_dir)
+    save_dir = save_dir or args.output_dir
+
+    def save():
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(save_dir)
+        tokenizer.save_pretrained(save_dir)
+
+    save_on_main_process(trainer, save)
     return trainer
 
 

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_f
 from transformers.utils import logging
 
 from ..data.audio import audio_folder_dataset, is_audio_folder
-from .checkpoints import checkpoint_to_resume
+from .checkpoints import checkpoint_to_resume, checkpoints_dir, save_on_main_process
 from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
 
 logger = logging.get_logger(__name__)
@@ -157,10 +157,11 @@ def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, code
         acoustic_frame_rate=codec.frame_rate,
         **(section(recipe, "acoustic_lm").get("config") or {}),
     )
-    args = acoustic_training_arguments(recipe, out)
+    args = acoustic_training_arguments(recipe, checkpoints_dir(out))
     torch.manual_seed(args.seed)
     model = AcousticLMForConditionalGeneration(config)
-    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=checkpoint_to_resume(out, resume))
+    resume_from = checkpoint_to_resume(args.output_dir, resume)
+    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=resume_from, save_dir=out)
     return Path(out)
 
 
@@ -176,9 +177,10 @@ def train_duration_stage(recipe: dict, prepared, semantic_tokenizer_dir, out, re
     config = DurationPredictorConfig(
         num_units=units.num_units, unit_rate=units.unit_rate, **(settings.get("config") or {})
     )
-    args = default_duration_arguments(str(out), **(settings.get("training") or {}))
+    args = default_duration_arguments(str(checkpoints_dir(out)), **(settings.get("training") or {}))
     torch.manual_seed(args.seed)
-    train_duration_predictor(DurationPredictorModel(config), prepared, args, checkpoint_to_resume(out, resume))
+    resume_from = checkpoint_to_resume(args.output_dir, resume)
+    train_duration_predictor(DurationPredictorModel(config), prepared, args, resume_from, save_dir=out)
     return Path(out)
 
 
@@ -242,12 +244,12 @@ def train_tts_stage(
     init_adapter=None,
 ) -> dict:
     """The speech expert: `out/adapter` (PEFT), and with the speech parts `out/model`, a TTS-Llama folder that
-    `pipeline("text-to-speech")` loads. Returns the written folders. With `eval_prepared` (held-out prepared
-    rows), the learning curve (greedy unit error rate on `tts_expert.learning_curve.texts` of them, every
-    `every_steps` steps) is logged beside the losses. `init_adapter` (e.g. the shipped speech expert) continues
-    training from that adapter's weights.
+    `pipeline("text-to-speech")` loads (the trainer's checkpoints in `out/checkpoints`). Returns the written
+    folders. With `eval_prepared` (held-out prepared rows), the learning curve (greedy unit error rate on
+    `tts_expert.learning_curve.texts` of them, every `every_steps` steps) is logged beside the losses.
+    `init_adapter` (e.g. the shipped speech expert) continues training from that adapter's weights.
 
-    Recipe switches of `tts_expert` (measured in benchmarks/bench_tts_learning.py): `deduplicate_units` (speak
+    Recipe switches of `tts_expert` (measured in benchmarks/bench_tts_training.py): `deduplicate_units` (speak
     collapsed units, timed by the duration predictor), `speech_vocabulary_loss` (softmax over the speech tokens
     only), `init_unit_rows_from_names` (phone rows start from the text tokens spelling them)."""
     from ..conversion.peft_experts import build_mole_from_adapters
@@ -261,38 +263,43 @@ def train_tts_stage(
     semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir)
     num_units = semantic_tokenizer.config.num_units
     adapter_dir = Path(out) / "adapter"
-    args = sft_config(recipe, "tts_expert", adapter_dir)
+    args = sft_config(recipe, "tts_expert", checkpoints_dir(out))
     base = base_model_path(recipe)
     unit_names = semantic_tokenizer.unit_names if settings.get("init_unit_rows_from_names") else None
     callbacks = [_learning_curve(settings, eval_prepared, base, num_units)] if eval_prepared is not None else None
     trainer = train_expert(
         base, _tts_examples(recipe, prepared), args, lora_settings(recipe, "tts_expert"), num_speech_units=num_units,
-        resume_from_checkpoint=checkpoint_to_resume(adapter_dir, resume), unit_names=unit_names,
+        resume_from_checkpoint=checkpoint_to_resume(args.output_dir, resume), unit_names=unit_names,
         speech_vocabulary_loss=bool(settings.get("speech_vocabulary_loss")), callbacks=callbacks,
-        init_adapter=init_adapter,
+        init_adapter=init_adapter, save_dir=adapter_dir,
     )  # fmt: skip
     written = {"adapter": adapter_dir}
-    if speaking and trainer.is_world_process_zero():
-        parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
-        llm = build_mole_from_adapters(base, {"speech": adapter_dir})
-        llm.set_routing("speech")
-        tokenizer = trainer.processing_class
-        written["model"] = save_tts_model(
-            Path(out) / "model", llm, tokenizer, num_speech_units=num_units, semantic_tokenizer=semantic_tokenizer,
-            **parts,
-        )  # fmt: skip
+    if speaking:
+        written["model"] = Path(out) / "model"
+
+        def save_speaking_model():
+            llm = build_mole_from_adapters(base, {"speech": adapter_dir})
+            llm.set_routing("speech")
+            parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
+            save_tts_model(
+                written["model"], llm, trainer.processing_class, num_speech_units=num_units,
+                semantic_tokenizer=semantic_tokenizer, **parts,
+            )  # fmt: skip
+
+        save_on_main_process(trainer, save_speaking_model)
     return written
 
 
 def train_text_stage(recipe: dict, dataset, out, messages_column="messages", resume=False) -> Path:
-    """The text expert on a chat dataset (a `messages` column): a PEFT adapter in `out`."""
+    """The text expert on a chat dataset (a `messages` column): a PEFT adapter in `out` (the trainer's checkpoints in
+    `out/checkpoints`)."""
     from .experts import train_expert
     from .sft_data import text_examples
 
-    args = sft_config(recipe, "text_expert", out)
+    args = sft_config(recipe, "text_expert", checkpoints_dir(out))
     train_expert(
         base_model_path(recipe), text_examples(dataset, messages_column), args, lora_settings(recipe, "text_expert"),
-        resume_from_checkpoint=checkpoint_to_resume(out, resume),
+        resume_from_checkpoint=checkpoint_to_resume(args.output_dir, resume), save_dir=out,
     )  # fmt: skip
     return Path(out)
 
@@ -312,7 +319,8 @@ def train_router_stage(
     duration_predictor_dir=None,
 ) -> Path:
     """Build the MoLE-Llama (text + speech experts), train its routers on mixed TTS and text examples, save it in
-    `out`; with the speech parts, as a speaking folder (`pipeline("text-to-speech")` and AutoModelForCausalLM)."""
+    `out` (the trainer's checkpoints in `out/checkpoints`); with the speech parts, as a speaking folder
+    (`pipeline("text-to-speech")` and AutoModelForCausalLM)."""
     from transformers import AutoTokenizer
 
     from ..conversion.peft_experts import build_mole_from_adapters
@@ -330,18 +338,22 @@ def train_router_stage(
     )
     tokenizer = AutoTokenizer.from_pretrained(speech_adapter)
     mixed = mixed_examples(_tts_examples(recipe, prepared), text_examples(text_dataset, messages_column))
-    args = sft_config(recipe, "router", out)
+    args = sft_config(recipe, "router", checkpoints_dir(out))
     trainer = train_router(
-        model, tokenizer, mixed, args, resume_from_checkpoint=checkpoint_to_resume(out, resume),
-        routing_loss_weight=float(settings.get("routing_loss_weight", 0.0)),
+        model, tokenizer, mixed, args, resume_from_checkpoint=checkpoint_to_resume(args.output_dir, resume),
+        routing_loss_weight=float(settings.get("routing_loss_weight", 0.0)), save_dir=out,
     )  # fmt: skip
-    if speaking and trainer.is_world_process_zero():
-        parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
-        semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir) if semantic_tokenizer_dir else None
-        num_units = parts["acoustic_lm"].config.num_semantic_units
-        save_tts_model(
-            out, model, tokenizer, num_speech_units=num_units, semantic_tokenizer=semantic_tokenizer, **parts
-        )
+    if speaking:
+
+        def save_speaking_model():  # the routers' folder becomes a speaking one: the speech parts join the LLM
+            parts = _speech_parts(acoustic_lm_dir, codec_dir, duration_predictor_dir)
+            semantic_tokenizer = _semantic_tokenizer(semantic_tokenizer_dir) if semantic_tokenizer_dir else None
+            num_units = parts["acoustic_lm"].config.num_semantic_units
+            save_tts_model(
+                out, model, tokenizer, num_speech_units=num_units, semantic_tokenizer=semantic_tokenizer, **parts
+            )
+
+        save_on_main_process(trainer, save_speaking_model)
     return Path(out)
 
 
