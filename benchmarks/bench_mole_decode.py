@@ -11,6 +11,8 @@ the very same weights) on the embedded SmolLM2-135M-Instruct, float32, CPU:
                 computes only that one (always so in batch-1 decoding)
   mole-hard-cached  the same with `merged_expert_cache=True`: a single-expert step multiplies by the cached
                 `W + s B A` instead of `W x + s B A x`
+  mole-sequence-hard-cached  the same with `router_context="sequence"` (each layer routes by the running mean of
+                its router logits over the sequence, with a prior towards text), as the shipped MoLE-Llama
   mole-forced   the same with `set_routing("speech")`: one expert, no router (and `-cached`, as above)
   x-lora        `peft.XLoraConfig` over the two adapters (a scaling pass, then the adapters' pass; no KV cache, which
                 X-LoRA refuses)
@@ -78,6 +80,11 @@ def variants(base_dir, adapters: dict) -> dict:
     hard.load_state_dict(soft.state_dict())
     cached = build_mole_from_adapters(base_dir, adapters, hard_routing=True, merged_expert_cache=True).eval()
     cached.load_state_dict(soft.state_dict())
+    sequence = build_mole_from_adapters(
+        base_dir, adapters, hard_routing=True, merged_expert_cache=True, router_context="sequence",
+        router_context_prior={"text": 3.0, "speech": -3.0}, router_context_prior_tokens=2.0,
+    ).eval()  # fmt: skip
+    sequence.load_state_dict(soft.state_dict())
     forced = build_mole_from_adapters(base_dir, adapters).eval()
     forced.set_routing("speech")
     forced_cached = build_mole_from_adapters(base_dir, adapters, merged_expert_cache=True).eval()
@@ -92,8 +99,8 @@ def variants(base_dir, adapters: dict) -> dict:
     )
     xlora = get_peft_model(xlora_base, xlora_config).eval()
     return {"base": base, "peft-lora": peft, "merged": merged, "mole-soft": soft, "mole-hard": hard,
-            "mole-hard-cached": cached, "mole-forced": forced, "mole-forced-cached": forced_cached,
-            "x-lora": xlora}  # fmt: skip
+            "mole-hard-cached": cached, "mole-sequence-hard-cached": sequence, "mole-forced": forced,
+            "mole-forced-cached": forced_cached, "x-lora": xlora}  # fmt: skip
 
 
 def decode(model, prompt, new_tokens: int):
@@ -145,7 +152,8 @@ def main() -> None:
                   f"{rate[name] / rate['peft-lora']:.2f} | {forward[name] * 1000:.1f} | "
                   f"{forward[name] / forward['base']:.2f} |")  # fmt: skip
         print(f"\nMoLE hard vs X-LoRA decode: {rate['mole-hard'] / rate['x-lora']:.2f}x (cached: "
-              f"{rate['mole-hard-cached'] / rate['x-lora']:.2f}x); MoLE soft vs X-LoRA: "
+              f"{rate['mole-hard-cached'] / rate['x-lora']:.2f}x; sequence context, cached: "
+              f"{rate['mole-sequence-hard-cached'] / rate['x-lora']:.2f}x); MoLE soft vs X-LoRA: "
               f"{rate['mole-soft'] / rate['x-lora']:.2f}x")  # fmt: skip
 
 

@@ -159,6 +159,7 @@ def test_errors_name_the_fix(workspace, capsys):
         ("tts_expert.training.nosuchkey=1", "has no setting(s) ['nosuchkey']"),
         ("tts_expert=3", "section tts_expert is 3, not a mapping"),
         ("codec.steps=3", "trainer settings go in codec.training"),  # one recipe shape: the codec's too
+        ("router.router_contxt=sequence", "router.router_contxt is not a router setting"),
     ):
         with pytest.raises(SystemExit):
             run("train-tts", "--config", workspace / "recipe.yaml", "--set", override)

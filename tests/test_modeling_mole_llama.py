@@ -396,3 +396,87 @@ def test_merged_expert_cache_gives_the_same_outputs_and_follows_weight_changes(t
         cached(ids).logits.sum().backward()
     assert all(module.lora_B["text"].grad is not None for module in projections)
     assert MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).config.merged_expert_cache
+
+
+def _per_token_router_logits(model, ids, mask=None) -> list:
+    """Each layer's router logits from that layer's own input hidden states, token by token (no context)."""
+    hidden = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    return [layer.router.proj_out(torch.nn.functional.silu(layer.router.proj_in(layer.router.norm(h))))
+            for layer, h in zip(model.model.layers, hidden)]  # fmt: skip
+
+
+@torch.no_grad()
+def test_sequence_router_context_routes_each_token_by_the_running_mean_of_its_sequence(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_context="sequence").eval()
+    for layer in model.model.layers:  # trained-looking routers: token-dependent logits
+        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    ids = random_ids(model.config.vocab_size, shape=(2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row: its pads count for nothing
+    weights = model(ids, attention_mask=mask, output_expert_weights=True).expert_weights
+    for layer_weights, logits in zip(weights, _per_token_router_logits(model, ids, mask)):
+        valid = mask.unsqueeze(-1).float()
+        running = (logits * valid).cumsum(1) / valid.cumsum(1).clamp_min(1)
+        torch.testing.assert_close(layer_weights[mask.bool()], running.softmax(-1)[mask.bool()])
+    token = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir).eval()
+    token.load_state_dict(model.state_dict())
+    assert not torch.allclose(token(ids, attention_mask=mask, output_expert_weights=True).expert_weights[0], weights[0])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("hard", [False, True])
+def test_sequence_router_context_generates_with_the_cache_as_without(tiny_mole_dir, hard):
+    model = MoLELlamaForCausalLM.from_pretrained(
+        tiny_mole_dir, router_context="sequence", hard_routing=hard, merged_expert_cache=hard
+    ).eval()
+    for layer in model.model.layers:
+        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(4))
+    prompts = [[5, 9, 14, 20, 33, 41], [7, 11, 12]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    generated = model.generate(ids, attention_mask=mask, **kwargs)
+    steps = torch.stack(generated.logits, dim=1)  # each step's logits, computed with the KV cache
+    full_mask = torch.cat([mask, torch.ones_like(generated.sequences[:, width:])], dim=1)
+    full = model(generated.sequences, attention_mask=full_mask, use_cache=False).logits  # the whole text at once
+    torch.testing.assert_close(steps, full[:, width - 1 : -1], atol=1e-4, rtol=1e-4)
+    for row, prompt in enumerate(prompts):  # padding left out of the sums: each row as if alone
+        alone = model.generate(torch.tensor([prompt]), **kwargs)
+        torch.testing.assert_close(torch.stack(alone.logits, dim=1)[0], steps[row], atol=1e-4, rtol=1e-4)
+    saved = tiny_mole_dir.parent / f"sequence_{hard}"
+    model.save_pretrained(saved)
+    assert MoLELlamaForCausalLM.from_pretrained(saved).config.router_context == "sequence"
+
+
+@torch.no_grad()
+def test_sequence_router_context_prior_routes_the_first_tokens_until_the_sequence_outweighs_it(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(
+        tiny_mole_dir, router_context="sequence", router_context_prior={"text": 2.0, "speech": -2.0},
+        router_context_prior_tokens=4.0,
+    ).eval()  # fmt: skip
+    _lean_to(model, "speech", 4.0)  # every token's own logits: text 0, speech 4
+    ids = random_ids(model.config.vocab_size, shape=(1, 12))
+    speech_share = model(ids, output_expert_weights=True).expert_weights[0][0, :, 1]
+    # running mean after t tokens: speech - text logit = (4 t - 4 * 4) / (t + 4): text until t = 4, speech after
+    expected = torch.tensor([(4.0 * t - 16.0) / (t + 4.0) for t in range(1, 13)]).sigmoid()
+    torch.testing.assert_close(speech_share, expected)
+    generated = model.generate(ids[:, :2], max_new_tokens=6, do_sample=False, pad_token_id=0, use_cache=True)
+    assert torch.equal(generated, model.generate(ids[:, :2], max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                                 use_cache=False))  # fmt: skip
+    with pytest.raises(ValueError, match="one logit per expert"):
+        MoLELlamaConfig(router_context="sequence", router_context_prior={"text": 1.0})
+    with pytest.raises(ValueError, match="set router_context='sequence' too"):
+        MoLELlamaConfig(router_context_prior={"text": 1.0, "speech": -1.0}, router_context_prior_tokens=2.0)
+
+
+@torch.no_grad()
+def test_sequence_router_context_refuses_a_cache_it_did_not_fill(tiny_mole_dir, mole):
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_context="sequence").eval()
+    ids = random_ids(model.config.vocab_size, shape=(1, 6))
+    mole.set_routing(None)
+    cache = mole(ids, use_cache=True).cache  # filled by a token-context model
+    with pytest.raises(ValueError, match="filled without router_context='sequence'"):
+        model(ids[:, -1:], cache=cache)
+    with pytest.raises(ValueError, match="router_context='token' or 'sequence'|choose one of"):
+        MoLELlamaConfig(router_context="document")

@@ -76,11 +76,11 @@ def test_saved_folder_names_every_entry_point(tiny_mole_dir):
     assert not list(tiny_mole_dir.glob("*.bin")), "weights must be safetensors only"
 
 
-def test_hard_routing_and_the_merged_cache_survive_remote_code_loading(tiny_mole_dir, tmp_path):
+def test_hard_routing_sequence_context_and_the_merged_cache_survive_remote_code_loading(tiny_mole_dir, tmp_path):
     folder = tmp_path / "hard"
-    MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True, merged_expert_cache=True).save_pretrained(
-        folder
-    )
+    routing = dict(hard_routing=True, merged_expert_cache=True, router_context="sequence",
+                   router_context_prior={"text": 1.0, "speech": -1.0}, router_context_prior_tokens=2.0)  # fmt: skip
+    MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, **routing).save_pretrained(folder)
     ids = torch.randint(3, 100, (1, 7), generator=torch.Generator().manual_seed(1))
     torch.save(ids, tmp_path / "ids.pt")
     result = run_without_package(
@@ -90,6 +90,7 @@ def test_hard_routing_and_the_merged_cache_survive_remote_code_loading(tiny_mole
 
         model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert model.config.hard_routing and model.config.merged_expert_cache
+        assert model.config.router_context == "sequence" and model.config.router_context_prior_tokens == 2.0
         ids = torch.load({str(tmp_path / "ids.pt")!r})
         with torch.no_grad():
             generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -98,7 +99,7 @@ def test_hard_routing_and_the_merged_cache_survive_remote_code_loading(tiny_mole
     )
     assert result.returncode == 0, result.stderr[-3000:]
     local = MoLELlamaForCausalLM.from_pretrained(folder).eval()
-    assert local.config.hard_routing and local.config.merged_expert_cache
+    assert local.config.hard_routing and local.config.merged_expert_cache and local.config.router_context == "sequence"
     with torch.no_grad():
         assert torch.equal(local.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0),
                            torch.load(tmp_path / "out.pt"))  # fmt: skip

@@ -16,6 +16,8 @@ EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED_NAMES = {"keys", "values", "items", "get", "pop", "update", "clear", "copy", "forward", "training", "type"}
 NO_EXPERT = "base"
 """Routing name that switches every expert off: the model then computes exactly its base Llama."""
+ROUTER_CONTEXTS = ("token", "sequence")
+"""What a router reads: its token's hidden state alone, or the running mean over the sequence so far."""
 
 
 @dataclasses.dataclass
@@ -97,6 +99,20 @@ class MoLELlamaConfig(LlamaConfig):
             Keep only the `k` largest expert weights per token (renormalised). `None` keeps all (softmax).
         router_temperature (`float`, *optional*, defaults to 1.0):
             Softmax temperature of the router; lower is sharper.
+        router_context (`str`, *optional*, defaults to `"token"`):
+            What a router reads. `"token"` (the paper's): each token's own hidden state. `"sequence"`: the running
+            mean of its router logits over the sequence so far (causal, padding left out), so a token is routed by
+            the conversation it belongs to, not by itself alone; a word of a text answer then goes where the whole
+            answer goes, even in the first layers, which see little more than the token. Generation carries the
+            running sums along with the KV cache.
+        router_context_prior (`dict[str, float]`, *optional*):
+            With `router_context="sequence"`: logits per expert that the running mean starts from, counted as
+            `router_context_prior_tokens` tokens. The first tokens of a chat (the template's `<|im_start|>system`)
+            are the same for every task, so no router can tell there; a prior routes them to a chosen expert
+            (e.g. `{"text": 3.0, "speech": -3.0}` keeps a conversation's first tokens, the attention sink among
+            them, on the text expert) until the sequence's own tokens outweigh it. Unset: no prior.
+        router_context_prior_tokens (`float`, *optional*, defaults to 0.0):
+            How many tokens the prior counts for.
         hard_routing (`bool`, *optional*, defaults to `False`):
             At inference (eval mode) each token takes only its highest-weighted expert, at full weight, instead of
             the soft mixture; where every token of a forward picks the same expert (as in one-token decoding), only
@@ -129,6 +145,9 @@ class MoLELlamaConfig(LlamaConfig):
     router_hidden_size: int = 64
     router_top_k: int | None = None
     router_temperature: float = 1.0
+    router_context: str = "token"
+    router_context_prior: dict | None = None
+    router_context_prior_tokens: float = 0.0
     hard_routing: bool = False
     merged_expert_cache: bool = False
     routing: str | None = None
@@ -183,6 +202,20 @@ class MoLELlamaConfig(LlamaConfig):
             raise ValueError(f"router_top_k={self.router_top_k} must lie between 1 and the {len(names)} experts")
         if self.router_temperature <= 0:
             raise ValueError(f"router_temperature={self.router_temperature} must be positive")
+        if self.router_context not in ROUTER_CONTEXTS:
+            raise ValueError(f"router_context={self.router_context!r}: choose one of {list(ROUTER_CONTEXTS)}")
+        prior = self.router_context_prior
+        if prior is not None and (not isinstance(prior, dict) or set(prior) != set(names)):
+            raise ValueError(
+                f"router_context_prior={prior!r} must give one logit per expert, e.g. { {name: 0.0 for name in names} }"
+            )
+        if self.router_context_prior_tokens < 0:
+            raise ValueError(f"router_context_prior_tokens={self.router_context_prior_tokens} must be >= 0")
+        if (prior is not None or self.router_context_prior_tokens) and self.router_context != "sequence":
+            raise ValueError(
+                "router_context_prior and router_context_prior_tokens shape the running mean of "
+                "router_context='sequence': set router_context='sequence' too, or leave them unset"
+            )
         if self.routing is not None and self.routing not in names + [NO_EXPERT]:
             raise ValueError(
                 f"routing={self.routing!r} is not an expert of this model: use one of {names}, "
@@ -194,4 +227,4 @@ class MoLELlamaConfig(LlamaConfig):
         return [expert["name"] for expert in self.experts]
 
 
-__all__ = ["ALL_LLAMA_PROJECTIONS", "ExpertSpec", "MoLELlamaConfig", "NO_EXPERT"]
+__all__ = ["ALL_LLAMA_PROJECTIONS", "ExpertSpec", "MoLELlamaConfig", "NO_EXPERT", "ROUTER_CONTEXTS"]

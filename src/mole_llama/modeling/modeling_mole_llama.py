@@ -191,8 +191,10 @@ class MoLERouter(nn.Module):
         self.proj_out = nn.Linear(config.router_hidden_size, len(config.experts))
         self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None" = None) -> torch.Tensor:
         logits = self.proj_out(F.silu(self.proj_in(self.norm(hidden_states))))
+        if context is not None:
+            logits = context.running_mean(logits)
         if self.hard and not self.training:  # the top expert of the logits is the softmax's: skip the softmax
             return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
         probabilities = (logits.float() / self.temperature).softmax(dim=-1)
@@ -214,12 +216,65 @@ class MoLERouter(nn.Module):
         return self.expert_names[int(first)] if bool((choice == first).all()) else None
 
 
+class SequenceRoutingContext:
+    """`router_context="sequence"`: one layer's router logits, replaced at each position by their mean over the
+    sequence's tokens so far (padding left out), starting from the config's prior (`prior_logits`, counted as
+    `prior_tokens` tokens).
+
+    The running sums live on the KV cache object (attribute `mole_router_sums`, one entry per layer), so each
+    generation step adds its token to the sums of the prompt and the tokens before it; a forward without a cache,
+    or with an empty one, starts from its first token."""
+
+    CACHE_ATTRIBUTE = "mole_router_sums"
+
+    def __init__(self, layer_idx: int, token_mask, cache: Cache | None, prior_logits=None, prior_tokens: float = 0.0):
+        self.layer_idx = layer_idx
+        self.token_mask = token_mask
+        self.cache = cache
+        self.prior_logits = prior_logits
+        self.prior_tokens = prior_tokens
+
+    def running_mean(self, logits: torch.Tensor) -> torch.Tensor:
+        batch, length = logits.shape[:2]
+        if self.token_mask is None:
+            valid = logits.new_ones(batch, length, 1)
+        else:
+            valid = self.token_mask[:, -length:].to(device=logits.device, dtype=logits.dtype).unsqueeze(-1)
+        sums, counts = (logits * valid).cumsum(dim=1), valid.cumsum(dim=1)
+        if self.cache is not None:
+            running = self.cache.__dict__.setdefault(self.CACHE_ATTRIBUTE, {})
+            if self.cache.get_seq_length(self.layer_idx) > 0:  # the cache holds earlier tokens: continue their sums
+                if self.layer_idx not in running:
+                    raise ValueError(
+                        "this KV cache was filled without router_context='sequence' (no running router sums in "
+                        "it): start the generation again with this model, from an empty cache"
+                    )
+                past_sums, past_counts = running[self.layer_idx]
+                if past_sums.shape[0] != batch:
+                    raise ValueError(
+                        f"the KV cache's running router sums are for {past_sums.shape[0]} sequences, this step has "
+                        f"{batch}: beam search and other reorderings of the cache are not supported with "
+                        "router_context='sequence'"
+                    )
+                sums, counts = sums + past_sums, counts + past_counts
+            running[self.layer_idx] = (sums[:, -1:].detach(), counts[:, -1:])
+        if self.prior_tokens:
+            prior = torch.as_tensor(self.prior_logits or 0.0, device=logits.device, dtype=logits.dtype)
+            sums, counts = sums + self.prior_tokens * prior, counts + self.prior_tokens
+        return sums / counts.clamp_min(1)  # a left pad (count 0) gets logits 0: equal weights, and it is masked
+
+
 class MoLEDecoderLayer(LlamaDecoderLayer):
     """A Llama decoder layer whose target projections are `MoLELinear`, plus its router."""
 
     def __init__(self, config: MoLELlamaConfig, layer_idx: int):
         super().__init__(config, layer_idx)
+        self.layer_idx = layer_idx
         self.router = MoLERouter(config) if config.experts else None  # none once the experts are merged
+        self.router_reads_sequence = config.router_context == "sequence"
+        prior = config.router_context_prior
+        self.router_prior_logits = [prior[name] for name in config.expert_names] if prior else None
+        self.router_prior_tokens = config.router_context_prior_tokens
         self.routing = config.routing
         for parent in (self.self_attn, self.mlp):
             for proj_name, base in list(parent.named_children()):
@@ -232,8 +287,19 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                 )  # fmt: skip
                 setattr(parent, proj_name, mole)
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        routing = self.routing if self.routing is not None else self.router(hidden_states)
+    def forward(self, hidden_states: torch.Tensor, *args, router_token_mask=None, **kwargs) -> torch.Tensor:
+        """Llama's layer, with its projections routed; `router_token_mask` (the batch's 2-D attention mask, passed
+        down by `MoLELlamaModel`) keeps padding out of a sequence router context."""
+        if self.routing is not None:
+            routing = self.routing
+        else:
+            context = None
+            if self.router_reads_sequence:
+                context = SequenceRoutingContext(
+                    self.layer_idx, router_token_mask, kwargs.get("cache"), self.router_prior_logits,
+                    self.router_prior_tokens,
+                )  # fmt: skip
+            routing = self.router(hidden_states, context)
         if not isinstance(routing, str):
             routing = self.router.single_expert(routing) or routing  # hard routing: one expert for all tokens
         # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies;
@@ -332,6 +398,12 @@ class MoLELlamaModel(MoLELlamaPreTrainedModel, LlamaModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def forward(self, input_ids=None, attention_mask=None, *args, **kwargs):
+        """Llama's forward; a 2-D attention mask also goes to the routers (a sequence router context needs it)."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            kwargs["router_token_mask"] = attention_mask
+        return super().forward(input_ids, attention_mask, *args, **kwargs)
+
 
 class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
     """MoLE-Llama with a language-modelling head. Loads a plain Llama checkpoint's weights unchanged
@@ -396,6 +468,7 @@ __all__ = [
     "MoLECausalLMOutputWithPast",
     "MoLELinear",
     "MoLERouter",
+    "SequenceRoutingContext",
     "MoLEDecoderLayer",
     "MoLELlamaPreTrainedModel",
     "MoLELlamaModel",

@@ -40,6 +40,10 @@ SECTIONS = (
 SFT_STAGES = ("tts_expert", "text_expert", "router")
 TRAINED_SECTIONS = ("codec", "acoustic_lm", "duration_predictor") + SFT_STAGES
 CODEC_SECTION_KEYS = {"kind", "config", "training", "segment_seconds", "init_frames", "pretrained", "bandwidth"}
+ROUTER_MODEL_KEYS = ("router_hidden_size", "router_top_k", "router_context", "router_context_prior",
+                     "router_context_prior_tokens")  # fmt: skip
+"""The router section's `MoLELlamaConfig` fields (the rest: `routing_loss_weight`, `training`)."""
+ROUTER_SECTION_KEYS = {*ROUTER_MODEL_KEYS, "routing_loss_weight", "training"}
 
 
 def recipe_path(name_or_path) -> Path:
@@ -101,6 +105,9 @@ def load_recipe(name_or_path, overrides: list | None = None) -> dict:
             f"codec.{unknown[0]} is not a codec setting ({sorted(CODEC_SECTION_KEYS)}); trainer settings go in "
             "codec.training, as in every stage: max_steps, per_device_train_batch_size, ..."
         )
+    unknown = sorted(set(recipe.get("router") or {}) - ROUTER_SECTION_KEYS)
+    if unknown:
+        raise ValueError(f"router.{unknown[0]} is not a router setting: choose from {sorted(ROUTER_SECTION_KEYS)}")
     for name in TRAINED_SECTIONS:
         _check_training((recipe.get(name) or {}).get("training") or {}, name)
     recipe["_path"] = str(path)

@@ -12,7 +12,7 @@ from transformers.utils import logging
 
 from ..data.audio import audio_folder_dataset, is_audio_folder
 from .checkpoints import checkpoint_to_resume, checkpoints_dir, save_on_main_process
-from .recipes import acoustic_training_arguments, lora_settings, section, sft_config
+from .recipes import ROUTER_MODEL_KEYS, acoustic_training_arguments, lora_settings, section, sft_config
 
 logger = logging.get_logger(__name__)
 
@@ -332,7 +332,7 @@ def train_router_stage(
     if speaking:
         _check_duration_predictor(recipe, duration_predictor_dir)
     settings = section(recipe, "router")
-    router = {key: settings[key] for key in ("router_hidden_size", "router_top_k") if key in settings}
+    router = {key: settings[key] for key in ROUTER_MODEL_KEYS if key in settings}
     model = build_mole_from_adapters(
         base_model_path(recipe), {"text": text_adapter, "speech": speech_adapter}, **router
     )
