@@ -2,14 +2,20 @@
 `src/mole_llama/embedded/weights/<name>/`, assemble it as a user would get it, measure it with Whisper on the
 corpus's held-out sentences in every voice (next to the ground truth), and write its model card.
 
-    python scripts/ship_embedded.py tts-llama --run OUT --adapter OUT/tts/adapter[/checkpoint-N] --corpus CORPUS
+    python scripts/ship_embedded.py tts-llama --run OUT --adapter OUT/tts/adapter --corpus CORPUS
     python scripts/ship_embedded.py mole-llama --adapter ... --corpus CORPUS \
-        --text-expert OUT/text_expert --routers OUT/router --qa QA [--hard-routing]
+        --text-expert OUT/text_expert --routers OUT/mole --qa QA [--hard-routing] \
+        [--router-context sequence --router-prior 3 2]
 
 `OUT` is the recipe's output_dir (acoustic_lm/, codec/, duration_predictor/, semantic_tokenizer/). The scores are
 `mole-llama evaluate-speech`'s (`evaluation.evaluate.evaluate_speech`) for the TTS-Llama and `mole-llama evaluate`'s
 (`evaluate_models`: both shipped models side by side, text retention, router accuracy, spoken answers) for the
 MoLE-Llama, so anyone can reproduce them.
+
+A shipped TTS-Llama keeps its training facts (steps, batch, epochs, learning curve) in `training_facts.json`, so a
+later ship that reuses its speech expert (every MoLE-Llama does) can describe it after the checkpoints are gone:
+`--adapter src/mole_llama/embedded/weights/tts-llama`. Likewise `--text-expert` and `--routers` may be the shipped
+MoLE-Llama's own assembled folder, e.g. to ship the same routers with other inference routing settings.
 """
 
 import argparse
@@ -44,13 +50,22 @@ def parts_of(run: Path) -> dict:
     }
 
 
+FACTS_FILE = "training_facts.json"
+
+
 def training_facts(adapter: Path, continued_from: list | None = None) -> dict:
-    """Steps, examples, the learning curve and run time from the trainer state beside the adapter; with
-    `continued_from` (the earlier runs' checkpoints, oldest first, each run started from the next with
-    --init-adapter), their steps and CPU minutes come first, so the card shows the whole training."""
-    states = sorted(adapter.glob("**/trainer_state.json"), key=lambda p: json.loads(p.read_text())["global_step"])
+    """Steps, examples, the learning curve and run time from the trainer state beside the adapter (a stage folder
+    holds it in `checkpoints/`), or from the `training_facts.json` an earlier ship wrote; with `continued_from` (the
+    earlier runs' checkpoints, oldest first, each run started from the next with --init-adapter), their steps and
+    CPU minutes come first, so the card shows the whole training."""
+    search = [adapter, adapter.parent]  # `OUT/tts/adapter`: its checkpoints are in `OUT/tts/checkpoints`
+    states = sorted({p for folder in search for p in folder.glob("**/trainer_state.json")},
+                    key=lambda p: json.loads(p.read_text())["global_step"])  # fmt: skip
     if not states:
-        return {}
+        shipped = adapter / FACTS_FILE
+        if shipped.is_file():
+            return json.loads(shipped.read_text())
+        raise SystemExit(f"no trainer_state.json under {adapter} and no {FACTS_FILE}: give the training folder")
     state = json.loads(states[-1].read_text())
     earlier = training_facts(continued_from[-1], continued_from[:-1]) if continued_from else {}
     steps_before = earlier.get("steps", 0)
@@ -198,12 +213,18 @@ def main():
         type=Path,
         nargs="+",
         help="the checkpoints this run started from (its "
-        "--init-adapter), oldest first: e.g. OUT/tts/adapter/checkpoint-500 OUT/tts_anneal/adapter",
+        "--init-adapter), oldest first: e.g. OUT/tts/checkpoints/checkpoint-500 OUT/tts_anneal/adapter",
     )
     parser.add_argument("--training-notes", default="lr 2e-3.", help="the learning-rate schedule, in words")
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
     parser.add_argument("--hard-routing", action="store_true", help="mole-llama: ship with hard (top-1) routing")
+    parser.add_argument("--router-context", choices=["token", "sequence"], default="token",
+                        help="mole-llama: what the routers read (MoLELlamaConfig.router_context)")  # fmt: skip
+    parser.add_argument(
+        "--router-prior", nargs=2, type=float, metavar=("LOGIT", "TOKENS"),
+        help="mole-llama, sequence context: the running mean starts at text +LOGIT / speech -LOGIT, as TOKENS tokens",
+    )  # fmt: skip
     parser.add_argument("--router-notes", default="", help="mole-llama: how the routers were trained, in words")
     parser.add_argument("--qa", help="mole-llama: the build-qa folder (retention, router accuracy, spoken answers)")
     parser.add_argument("--prompts", type=int, default=200, help="mole-llama: held-out prompts for retention")
@@ -216,9 +237,16 @@ def main():
             parser.error("a mole-llama needs --text-expert, --routers and --qa")
         mole_model = MoLELlamaForCausalLM.from_pretrained(args.routers)
         mole_model.config.hard_routing = args.hard_routing
+        mole_model.config.router_context = args.router_context
+        logit, tokens = args.router_prior or (None, 0.0)
+        mole_model.config.router_context_prior = None if logit is None else {"text": logit, "speech": -logit}
+        mole_model.config.router_context_prior_tokens = tokens
+        mole_model.config.check_settings()  # the combination must make a loadable config
 
+    facts = training_facts(args.adapter, args.continued_from)  # before anything is written
     if args.name == "tts-llama":
         shipped = ship_speaking_model(args.name, "(measuring)", args.adapter, parts_of(args.run))
+        (shipped / FACTS_FILE).write_text(json.dumps(facts, indent=1) + "\n")
     else:  # its speech expert and parts are the shipped tts-llama's
         shipped = ship_speaking_model(args.name, "(measuring)", text_expert=args.text_expert, mole_model=mole_model)
     started = time.perf_counter()
@@ -239,7 +267,7 @@ def main():
         args.name,
         rates,
         truth,
-        training_facts(args.adapter, args.continued_from),
+        facts,
         args,
         time.perf_counter() - started,
         extra,

@@ -147,13 +147,18 @@ def test_export_checks_its_metrics_before_copying_and_push_takes_only_what_expor
     err = cli_error(capsys, "export", "--model", tts_dir, "--out", out, "--repo-id", "me/x", "--metrics",
                     tmp_path / "bad.json")  # fmt: skip
     assert "is not JSON" in err and not out.exists()
+    (tmp_path / "old.json").write_text('{"intelligibility": {"TTS-Llama": {"all": {"wer": 0.5, "cer": 0.3}}}}')
+    err = cli_error(capsys, "export", "--model", tts_dir, "--out", out, "--repo-id", "me/x", "--metrics",
+                    tmp_path / "old.json")  # fmt: skip
+    assert "lacks ['wer_pocketsphinx']" in err and "evaluate" in err and not out.exists()
     raw = damaged_copy(tts_dir, tmp_path, "raw")  # a training folder: checkpoints and pickles beside the model
     (raw / "checkpoint-3").mkdir()
     (raw / "checkpoint-3" / "optimizer.pt").write_bytes(b"pickle")
     (raw / "training_args.bin").write_bytes(b"pickle")
     (raw / "README.md").write_text("card")
     err = cli_error(capsys, "push", raw, "--repo-id", "me/x")
-    assert "holds files export never writes" in err and "checkpoint-3/optimizer.pt" in err and "export --model" in err
+    assert "holds files export never writes" in err and "checkpoint-3/optimizer.pt" in err
+    assert "export --model" in err and "--repo-id ORG/NAME" in err
 
 
 def test_a_folder_of_wav_files_prepares_without_torchcodec(tmp_path):

@@ -478,5 +478,7 @@ def test_sequence_router_context_refuses_a_cache_it_did_not_fill(tiny_mole_dir, 
     cache = mole(ids, use_cache=True).cache  # filled by a token-context model
     with pytest.raises(ValueError, match="filled without router_context='sequence'"):
         model(ids[:, -1:], cache=cache)
-    with pytest.raises(ValueError, match="router_context='token' or 'sequence'|choose one of"):
+    with pytest.raises(ValueError, match="choose one of"):
         MoLELlamaConfig(router_context="document")
+    with pytest.raises(ValueError, match="choose one of"):  # an override at load time is checked too
+        MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_context="document")

@@ -12,7 +12,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def rates(wer, cer):
-    return {"wer": wer, "cer": cer}
+    return {"wer": wer, "cer": cer, "wer_pocketsphinx": min(1.0, wer * 1.5)}
 
 
 def known_metrics(tmp_path, tts_wer=0.3, mole_wer=0.33, tts_agreement=0.8, mole_agreement=0.97):
@@ -47,7 +47,8 @@ def known_metrics(tmp_path, tts_wer=0.3, mole_wer=0.33, tts_agreement=0.8, mole_
         "routing_trace": {"tokens": ["What", "?", "<|speech_start|>", "<|speech_3|>"],
                           "weights": [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]], "experts": ["text", "speech"]},
         "spoken_answers": [{"question": "What is 2 plus 3?", "answer": "2 + 3 = 5.\nSo | five.",
-                            "transcript": "five", "wer": 0.8, "path": str(tmp_path / "audio/answers/answer-0.wav")}],
+                            "transcript": "five", "wer": 0.8, "wer_pocketsphinx": 1.0,
+                            "path": str(tmp_path / "audio/answers/answer-0.wav")}],
     }  # fmt: skip
 
 

@@ -117,11 +117,15 @@ def add_stage(commands, name: str, help: str, run, dataset: bool = True, resumab
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a recipe value, e.g. --set tts_expert.training.max_steps=50 (repeatable)",
     )  # fmt: skip
-    command.add_argument("--out", help="output folder (default: <recipe output_dir>/<stage>)")
+    command.add_argument(
+        "--out", help="output folder (default: <recipe output_dir>/<stage folder>, e.g. tts, mole, prepared)"
+    )
     command.add_argument("--split", default="train", help="dataset split to read")
     if dataset:
         command.add_argument("--dataset", help="save_to_disk folder, JSON/JSONL file, data folder or Hub id")
     if resumable:
-        command.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        command.add_argument(
+            "--resume", action="store_true", help="continue from the newest complete checkpoint in <--out>/checkpoints"
+        )
     command.set_defaults(run=run)
     return command

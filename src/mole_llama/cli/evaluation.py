@@ -54,7 +54,8 @@ def add_commands(commands) -> None:
     command.add_argument("--prompts", type=int, default=200, help="held-out text prompts for retention")
     command.add_argument("--run", dest="training_runs", action="append", default=[], type=parse_named_folder,
                          metavar="NAME=FOLDER",
-                         help="a training run whose loss curve goes in the report (repeatable)")  # fmt: skip
+                         help="a stage's output folder whose loss curve goes in the report, e.g. speech=OUT/tts "
+                         "(repeatable)")  # fmt: skip
     command.add_argument("--header", help="text put at the top of REPORT.md")
     command.add_argument("--seed", type=int, default=0)
     command.set_defaults(run=cmd_evaluate)

@@ -2,7 +2,8 @@
 (`mole-llama export`), and its upload with huggingface_hub (`mole-llama push`).
 
 The folder is what `save_tts_model` writes (safetensors, code files for `trust_remote_code`, tokenizer,
-generation config, `acoustic_lm/`, `codec/`, `semantic_tokenizer/`), without training leftovers, plus README.md.
+generation config, `acoustic_lm/`, `codec/`, `duration_predictor/`, `semantic_tokenizer/`), without training
+leftovers, plus README.md.
 Loading it by repo id is transformers' and huggingface_hub's own path: nothing here is needed at load time.
 """
 
@@ -68,9 +69,8 @@ def _evaluation_section(metrics: dict | None) -> tuple:
                 results.append(EvalResult(task_type="text-to-speech", metric_type=metric, metric_value=value,
                                           metric_name=f"{model} {metric.upper()}", metric_config=JUDGE,
                                           **dataset))  # fmt: skip
-        if "wer_pocketsphinx" in rates["all"]:  # metrics.json from before the second opinion lack it
-            value = round(float(rates["all"]["wer_pocketsphinx"]), 4)
-            lines.append(f"| {model}: WER (pocketsphinx, second opinion) | {value} |")
+        value = round(float(rates["all"]["wer_pocketsphinx"]), 4)
+        lines.append(f"| {model}: WER (pocketsphinx, second opinion) | {value} |")
     qa = {"dataset_type": "mole-llama-qa", "dataset_name": "held-out open questions (base answers)"}
     for model, row in metrics.get("retention", {}).items():
         for metric in ("agreement", "token_agreement", "kl", "accuracy"):
@@ -132,6 +132,13 @@ def _read_metrics(path: Path) -> dict:
         ) from error
     if not isinstance(metrics, dict):
         raise ValueError(f"--metrics {path} holds a {type(metrics).__name__}, not evaluate's metrics mapping")
+    for model, rates in (metrics.get("intelligibility") or {}).items():
+        missing = sorted({"wer", "cer", "wer_pocketsphinx"} - set((rates or {}).get("all") or {}))
+        if missing:
+            raise ValueError(
+                f"--metrics {path}: intelligibility of {model!r} lacks {missing} (an older or edited file): run "
+                "`mole-llama evaluate` again and export with its metrics.json"
+            )
     return metrics
 
 
@@ -181,7 +188,7 @@ def push_to_hub(repo_dir, repo_id: str, private: bool = True, token: str | None 
         raise ValueError(
             f"{repo_dir} holds files export never writes ({', '.join(leftovers[:3])}"
             f"{', ...' if len(leftovers) > 3 else ''}: training leftovers?): run `mole-llama export --model "
-            f"{repo_dir} --out NEW_FOLDER` and push NEW_FOLDER"
+            f"{repo_dir} --repo-id ORG/NAME --out NEW_FOLDER` and push NEW_FOLDER"
         )
     token = token or get_token()
     if not token:

@@ -1,4 +1,4 @@
-"""Save a speaking model as one folder (DESIGN.md §3): the LLM at the top, the speech parts in subfolders.
+"""Save a speaking model as one folder: the LLM at the top, the speech parts in subfolders.
 
     folder/
       config.json, model.safetensors, tokenizer files, generation_config.json, *.py (remote code)

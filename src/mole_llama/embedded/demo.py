@@ -92,7 +92,7 @@ def run_demo(out_dir="demo_output", profile: str = "default", config: str = "emb
     shutil.copytree(work / "tts" / "model", models / "tts-llama")
     training_seconds = time.perf_counter() - started
     runs = {"codec": work / "codec", "durations": work / "duration_predictor", "acoustic LM": work / "acoustic_lm",
-            "speech expert": work / "tts" / "adapter", "text expert": work / "text_expert",
+            "speech expert": work / "tts", "text expert": work / "text_expert",
             "router": models / "mole-llama"}  # fmt: skip
     header = (
         f"Embedded demo, profile `{profile}`: SmolLM2-135M-Instruct, recipe `{config}` with "

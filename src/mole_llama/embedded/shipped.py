@@ -10,6 +10,7 @@ complete speaking folder from both, once, in the cache (like the embedded base),
 
     weights/<name>/
       README.md            model card (how it was trained, measured WER / retention)
+      training_facts.json  TTS-Llama: the speech expert's steps and learning curve, for later cards
       speech_expert/       TTS-Llama: PEFT adapter (adapter_config.json, adapter_model.safetensors)
       acoustic_lm/  codec/  duration_predictor/  semantic_tokenizer/     TTS-Llama (the MoLE-Llama's too)
       text_expert/         MoLE-Llama only: PEFT adapter
@@ -30,6 +31,9 @@ MODELS = ("tts-llama", "mole-llama")
 SPEECH_PARTS = ("acoustic_lm", "codec", "duration_predictor", "semantic_tokenizer")
 SHIPPED_FILE = "shipped.json"  # the shipped parts' digest, written into the assembled folder
 SPEECH_SOURCE = WEIGHTS_DIR / "tts-llama"  # the speech expert and speech parts every shipped model uses
+ROUTER_SETTINGS = ("router_hidden_size", "router_top_k", "hard_routing", "router_context", "router_context_prior",
+                   "router_context_prior_tokens")  # fmt: skip
+"""The MoLE-Llama config fields shipped beside the router weights (`routers.json`)."""
 
 
 def _check_name(name: str) -> Path:
@@ -189,8 +193,7 @@ def ship_speaking_model(
     else:
         routers = {key: value.half() for key, value in mole_model.state_dict().items() if ".router." in key}
         save_file(routers, out / "routers.safetensors")
-        keys = ("router_hidden_size", "router_top_k", "hard_routing")
-        settings = {key: getattr(mole_model.config, key) for key in keys}
+        settings = {key: getattr(mole_model.config, key) for key in ROUTER_SETTINGS}
         (out / "routers.json").write_text(json.dumps(settings))
     (out / "README.md").write_text(card)
     return out

@@ -29,8 +29,9 @@ def _matplotlib():
 
 
 def training_losses(folder) -> list:
-    """`[(step, loss)]` logged by a `Trainer` run in `folder`: the `trainer_state.json` with the most steps
-    found under it (the final state, or the latest checkpoint's)."""
+    """`[(step, loss)]` logged by a `Trainer` run in `folder` (a stage folder: its `checkpoints/`): the
+    `trainer_state.json` with the most steps found under it (the final state every stage saves there, or the
+    latest checkpoint's)."""
     states = [json.loads(path.read_text()) for path in Path(folder).rglob("trainer_state.json")]
     if not states:
         return []
@@ -120,11 +121,6 @@ def _ratio(value: float, ceiling: float) -> str:
     return f"{value / ceiling:.2f}x" if ceiling > 0 else "n/a"
 
 
-def _second_opinion(row: dict, digits: int = 3) -> str:
-    """pocketsphinx's WER, or n/a for metrics written before it was measured."""
-    return f"{row['wer_pocketsphinx']:.{digits}f}" if "wer_pocketsphinx" in row else "n/a"
-
-
 def intelligibility_table(intelligibility: dict) -> str:
     """Whisper tiny.en WER / CER per voice and model, its ratio to the ground truth, and pocketsphinx's WER."""
     ceiling = intelligibility["ground truth"]
@@ -138,7 +134,7 @@ def intelligibility_table(intelligibility: dict) -> str:
             for name, rates in intelligibility.items()
             if name != "ground truth"
         )
-        second = " / ".join(_second_opinion(rates[voice]) for rates in intelligibility.values())
+        second = " / ".join(f"{rates[voice]['wer_pocketsphinx']:.3f}" for rates in intelligibility.values())
         lines.append(f"| {voice} | " + " | ".join(cells) + f" | {ratios} | {second} |")
     return "\n".join(lines)
 
@@ -179,12 +175,9 @@ def routing_table(routing: dict) -> str:
     ]
     for task, count in routing["tokens"].items():
         weights = ", ".join(f"{e} {w:.2f}" for e, w in routing["mean_weights"][task].items())
-        layers = routing.get("per_layer", {}).get(task)
-        if layers:  # metrics.json files from before the per-layer statistics lack them
-            worst = min(range(len(layers["share"])), key=layers["share"].__getitem__)
-            detail = f"{worst} ({layers['share'][worst]:.3f}) | {np.mean(layers['entropy']):.3f}"
-        else:
-            detail = "- | -"
+        layers = routing["per_layer"][task]
+        worst = min(range(len(layers["share"])), key=layers["share"].__getitem__)
+        detail = f"{worst} ({layers['share'][worst]:.3f}) | {np.mean(layers['entropy']):.3f}"
         lines.append(f"| {task} | {count} | {routing[task]:.3f} | {weights} | {detail} |")
     return "\n".join(lines)
 
@@ -261,7 +254,7 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
         "| question | text answer | heard (Whisper tiny.en) | WER | pocketsphinx WER | audio |\n"
         "|---|---|---|---:|---:|---|"
         + "".join(f"\n| {_cell(r['question'])} | {_cell(r['answer'])} | {_cell(r['transcript'])} | {r['wer']:.2f} | "
-                  f"{_second_opinion(r, 2)} | [wav]({relative(r['path'])}) |" for r in metrics["spoken_answers"]),
+                  f"{r['wer_pocketsphinx']:.2f} | [wav]({relative(r['path'])}) |" for r in metrics["spoken_answers"]),
         "## Samples",
         "\n".join(
             f"- {name}: " + ", ".join(f"[{row['voice']} {i // len(settings['voices'])}]({relative(row['path'])})"

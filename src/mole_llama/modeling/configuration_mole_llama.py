@@ -165,14 +165,16 @@ class MoLELlamaConfig(LlamaConfig):
         self.experts = [self._complete_expert(spec) for spec in self.experts]
         if self.base_vocab_size is None:
             self.base_vocab_size = self.vocab_size
-        self._check_experts_and_router()
+        self.check_settings()
         super().__post_init__(**kwargs)
 
     def _complete_expert(self, spec) -> dict:
         return ExpertSpec.from_dict(spec, r=self.lora_r, target_modules=self.target_modules).to_dict()
 
-    def _check_experts_and_router(self):
-        """Raise a plain `ValueError` naming the bad setting (strict's validators would wrap it in their own type)."""
+    def check_settings(self):
+        """Raise a plain `ValueError` naming the bad setting (strict's validators would wrap it in their own type).
+        Run at construction and again when a model is built, since `from_pretrained(folder, key=value)` sets its
+        overrides on the loaded config one by one, past these cross-field checks."""
         names = [expert["name"] for expert in self.experts]
         for name in names:
             if not EXPERT_NAME.fullmatch(name) or name in RESERVED_NAMES:

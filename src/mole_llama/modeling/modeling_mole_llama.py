@@ -1,8 +1,9 @@
 """MoLE-Llama: a Llama whose projections carry several LoRA experts, mixed per token by a learned router.
 
 The backbone is transformers' Llama (attention, cache, rotary embeddings, masks are reused as they are). Each
-decoder layer gets a small router that reads the layer's input hidden state and gives per-token weights over
-the experts; the layer's target projections (`MoLELinear`) add the weighted sum of the experts' LoRA updates.
+decoder layer gets a small router that reads the layer's input hidden state (with `router_context="sequence"`,
+the running mean of its logits over the sequence so far) and gives per-token weights over the experts; the layer's
+target projections (`MoLELinear`) add the weighted sum of the experts' LoRA updates.
 Everything happens in one forward pass, so generation keeps the KV cache.
 
 This file is copied into saved model folders for `trust_remote_code=True`: it imports nothing from
@@ -52,8 +53,8 @@ def check_model_folder(name_or_path) -> None:
     folder = Path(text).expanduser()
     if not folder.exists():
         if text.startswith(("/", "./", "../", "~")) or text.count("/") != 1:
-            raise OSError(f"no model folder at {text}: give a folder that train-tts or train-router wrote, "
-                          "or a Hub repo id ORG/NAME")  # fmt: skip
+            raise OSError(f"no model folder at {text}: give a speaking model folder (train-tts's OUT/tts/model, "
+                          "train-router's OUT/mole) or a Hub repo id ORG/NAME")  # fmt: skip
         return
     if not folder.is_dir():
         raise OSError(f"{text} is a file: give the model's folder (the one holding config.json)")
@@ -172,7 +173,8 @@ class MoLELinear(nn.Linear):
 
 
 class MoLERouter(nn.Module):
-    """Per-token expert weights from a layer's input hidden state: RMSNorm -> Linear -> SiLU -> Linear -> softmax.
+    """Per-token expert weights from a layer's input hidden state: RMSNorm -> Linear -> SiLU -> Linear ->
+    (with a `SequenceRoutingContext`, the running mean of those logits over the sequence) -> softmax.
 
     The output layer starts at zero, so a fresh router weighs all experts equally. With `top_k`, the other experts
     get weight 0 and the kept ones are renormalised; with `top_k=1` the kept expert keeps its softmax probability
@@ -385,6 +387,7 @@ class MoLELlamaModel(MoLELlamaPreTrainedModel, LlamaModel):
     """The MoLE-Llama backbone (no LM head): Llama's model with `MoLEDecoderLayer`s."""
 
     def __init__(self, config: MoLELlamaConfig):
+        config.check_settings()  # overrides given to from_pretrained reach the config unchecked
         # Build the parts of LlamaModel.__init__ directly, so plain Llama layers are never made and thrown away.
         MoLELlamaPreTrainedModel.__init__(self, config)
         self.padding_idx = config.pad_token_id

@@ -3,8 +3,9 @@
 `MoLELlamaForTextToWaveform` is the LLM itself (same weights and keys as `MoLELlamaForCausalLM`) with its speech
 parts as child modules, each saved in a subfolder of the model (`acoustic_lm/`, `codec/`, `duration_predictor/` when
 the LLM speaks run-length-collapsed units, `semantic_tokenizer/` when present). Registered under
-`AutoModelForTextToWaveform`, it is what transformers' stock "text-to-speech" pipeline loads: the pipeline
-calls `generate(input_ids)` and takes `output["audio"]`, the Bark pattern.
+`AutoModelForTextToWaveform`, it is what the "text-to-speech" pipeline loads: a `TTSLlamaPipeline` (which calls
+`speak_texts`) where mole_llama is imported, else transformers' stock pipeline, which calls `generate(input_ids)`
+and takes `output["audio"]`, the Bark pattern.
 
 Self-contained (torch, transformers, huggingface_hub and sibling files) for `trust_remote_code=True`.
 """

@@ -29,10 +29,12 @@ def checkpoints_dir(out) -> Path:
 
 def save_on_main_process(trainer, save) -> None:
     """The end of every training stage: all processes wait for the last step, then the main process alone calls
-    `save()`, so a multi-GPU run writes its final model once."""
+    `save()`, so a multi-GPU run writes its final model once, and writes the final trainer state (the whole log
+    history, the last steps' losses and learning-curve readings too) beside the checkpoints, for reports."""
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         save()
+        trainer.save_state()
 
 
 def last_complete_checkpoint(folder) -> str | None:

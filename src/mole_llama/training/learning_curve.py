@@ -1,7 +1,7 @@
 """The speech expert's learning curve: held-out greedy unit error rate against CPU minutes, logged while it trains.
 
-A `TrainerCallback`, so it works with any trainer and lands in `trainer_state.json` (`log_history`) beside the
-losses, where reports and the model card read it.
+A `TrainerCallback`, so it works with any trainer and lands in `state.log_history` beside the losses: in every
+checkpoint's `trainer_state.json` and in the final one a stage saves, where reports and the model card read it.
 """
 
 import time

@@ -38,8 +38,8 @@ _MODELS = {}  # key -> (semantic tokenizer, codec), inherited by forked map work
 @dataclass
 class PreparationReport:
     """How many rows `prepare_speech_dataset` kept and skipped, per reason ("unreadable audio", "empty audio",
-    "silent audio", "too short", "too long", "unencodable audio", "empty text"). For a streaming dataset it fills in
-    while the result is iterated."""
+    "silent audio", "too short", "too long", "unencodable audio", "unaligned text", "empty text"). For a streaming
+    dataset it fills in while the result is iterated."""
 
     kept: int = 0
     skipped: dict = field(default_factory=dict)
@@ -218,8 +218,9 @@ def prepare_speech_dataset(
     `seconds` and the `keep_columns` (e.g. "speaker"), from `text_column` and `audio_column` (an `Audio` column
     or `{"array", "sampling_rate"}` dicts, at any rate: resampled for each model). The audio column is dropped.
 
-    Rows with unreadable, empty, silent, too short or longer than `max_seconds` audio, or empty text, are skipped
-    and counted in the log; `return_report=True` also returns a `PreparationReport` -> `(dataset, report)`.
+    Rows with unreadable, empty, silent, too short, unencodable or longer than `max_seconds` audio, a transcript
+    that cannot be aligned, or empty text, are skipped and counted in the log; `return_report=True` also returns a
+    `PreparationReport` -> `(dataset, report)`.
 
     A `Dataset` is mapped in batches (`num_proc` forked workers) and cached by a fingerprint of the input, both
     models' configs and weights and these settings, so a rerun loads the result: in the input's cache folder (as

@@ -2,9 +2,10 @@
 holding every stage's settings, read with `--set section.key=value` overrides, and turned into the trainers'
 argument objects.
 
-A recipe's sections: `base_model`, `output_dir`, `data`, `semantic_tokenizer`, `codec`, `acoustic_lm`,
-`duration_predictor`, `tts_expert`, `text_expert`, `router`; each training section has a `training` mapping of TRL
-`SFTConfig` / transformers `TrainingArguments` fields, so anything those accept can be set.
+A recipe's sections: `base_model`, `output_dir`, `accelerate_config` (a launch config, relative to `recipes/`),
+`data`, `semantic_tokenizer`, `codec`, `acoustic_lm`, `duration_predictor`, `tts_expert`, `text_expert`, `router`;
+each training section has a `training` mapping of TRL `SFTConfig` / transformers `TrainingArguments` fields, so
+anything those accept can be set.
 """
 
 import copy

@@ -1,7 +1,8 @@
 """The training stages as the `mole-llama` command runs them: read a recipe, load the inputs, train, save.
 
-Each function takes the loaded recipe and folders, writes to its output folder and returns it, so the CLI stays
-a thin argument parser and tests can call the stages directly.
+Each function takes the loaded recipe and folders, writes its final model to its output folder (the trainer's
+checkpoints to `<out>/checkpoints`) and returns where it wrote, so the CLI stays a thin argument parser and tests can
+call the stages directly.
 """
 
 from pathlib import Path
