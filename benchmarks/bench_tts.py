@@ -2,11 +2,13 @@
 `--mole DIR`), over held-out fortune sentences:
 
 - real-time factor (compute seconds / audio seconds, median over sentences) per stage: LLM units, durations,
-  acoustic LM, codec (vocoder), and the whole `speak` call;
+  acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32) and with its LLM
+  in int8 (`conversion.int8.quantize_llm_int8`), with the unit error rate of the int8 LLM's units against the
+  float32 ones (0: it says the same);
 - time to the first streamed chunk of a one-sentence text;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
-- MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences), and per LLM token with soft (learned)
-  and hard (top-1) routing.
+- MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences), and per LLM token with the MoLE-Llama's
+  shipped routing and with soft routing.
 
     python benchmarks/bench_tts.py [--sentences 8] [--batch 8] [--threads 2]
 """
@@ -18,6 +20,8 @@ import time
 import torch
 from transformers import GenerationMixin, pipeline
 
+from mole_llama.chat import unit_error_rate
+from mole_llama.conversion.int8 import quantize_llm_int8
 from mole_llama.embedded import embedded_model_path
 from mole_llama.embedded.festival import fortune_sentences, is_held_out
 
@@ -68,21 +72,31 @@ def main():
     torch.set_num_threads(args.threads)
     sentences = [s for s in fortune_sentences() if is_held_out(s) and 30 <= len(s) <= 120][: max(args.sentences,
                                                                                                args.batch)]  # fmt: skip
-    tts = pipeline("text-to-speech", model=str(args.tts or embedded_model_path("tts-llama"))).model
+    tts_dir = str(args.tts or embedded_model_path("tts-llama"))
+    tts = pipeline("text-to-speech", model=tts_dir).model
+    tts_int8 = quantize_llm_int8(pipeline("text-to-speech", model=tts_dir).model)
     mole = pipeline("text-to-speech", model=str(args.mole or embedded_model_path("mole-llama"))).model
-    tts.speak("Warm up.", seed=0)  # first-call costs (allocations, lazy imports) out of the figures
+    for model in (tts, tts_int8):
+        model.speak("Warm up.", seed=0)  # first-call costs (allocations, lazy imports) out of the figures
 
+    spoken = sentences[: args.sentences]
     print(f"torch threads: {torch.get_num_threads()}; {args.sentences} held-out sentences\n")
-    rows = [stage_seconds(tts, text, seed) for seed, text in enumerate(sentences[: args.sentences])]
-    totals = []
-    for seed, text in enumerate(sentences[: args.sentences]):
-        audio, seconds = timed(tts.speak, text, seed=seed)
-        totals.append(seconds / (len(audio) / tts.sampling_rate))
-    print("| stage | median real-time factor |")
-    print("|---|---:|")
+    variants = {"float32": tts, "int8 LLM": tts_int8}
+    rows, totals = {name: [] for name in variants}, {name: [] for name in variants}
+    for seed, text in enumerate(spoken):
+        for name, model in variants.items():  # round-robin per sentence: the machine's noise hits both alike
+            rows[name].append(stage_seconds(model, text, seed))
+            audio, seconds = timed(model.speak, text, seed=seed)
+            totals[name].append(seconds / (len(audio) / model.sampling_rate))
+    print("| stage | median real-time factor, float32 | with the LLM in int8 |")
+    print("|---|---:|---:|")
     for stage in ("LLM", "durations", "acoustic LM", "codec"):
-        print(f"| {stage} | {statistics.median(row[stage] / row['audio'] for row in rows):.3f} |")
-    print(f"| whole `speak` call | {statistics.median(totals):.3f} |")
+        cells = [statistics.median(row[stage] / row["audio"] for row in rows[name]) for name in rows]
+        print(f"| {stage} | {cells[0]:.3f} | {cells[1]:.3f} |")
+    print(f"| whole `speak` call | {statistics.median(totals['float32']):.3f} | "
+          f"{statistics.median(totals['int8 LLM']):.3f} |")  # fmt: skip
+    changed = unit_error_rate(tts.speech_units_batch(spoken), tts_int8.speech_units_batch(spoken))
+    print(f"\nunit error rate of the int8 LLM's greedy units against the float32 ones: {changed:.3f}")
 
     one = sentences[0]
     _, first_chunk = timed(next, tts.stream(one, seed=0))
@@ -95,19 +109,20 @@ def main():
     print(f"{len(batch)} sentences: one batched call {batched:.1f} s, one call each {serial:.1f} s: "
           f"throughput x{serial / batched:.2f}")  # fmt: skip
 
-    spoken = sentences[: args.sentences]
     tts_seconds = sum(timed(tts.speak, text, seed=seed)[1] for seed, text in enumerate(spoken))
     mole_seconds = sum(timed(mole.speak, text, seed=seed)[1] for seed, text in enumerate(spoken))
     print(f"MoLE-Llama speaking / TTS-Llama: {mole_seconds:.1f} s / {tts_seconds:.1f} s = "
           f"x{mole_seconds / tts_seconds:.2f}")  # fmt: skip
 
     prompt = torch.tensor([tts._prompt_ids(one)])
+    shipped = f"{mole.config.router_context} context, {'hard' if mole.config.hard_routing else 'soft'} (shipped)"
     per_token = {
         "TTS-Llama": seconds_per_token(tts, prompt),
-        "MoLE-Llama, soft routing": seconds_per_token(mole, prompt),
+        "TTS-Llama, int8 LLM": seconds_per_token(tts_int8, prompt),
+        f"MoLE-Llama, {shipped}": seconds_per_token(mole, prompt),
     }
-    set_hard_routing(mole, True)
-    per_token["MoLE-Llama, hard routing"] = seconds_per_token(mole, prompt)
+    set_hard_routing(mole, False)
+    per_token[f"MoLE-Llama, {mole.config.router_context} context, soft"] = seconds_per_token(mole, prompt)
     set_hard_routing(mole, mole.config.hard_routing)
     print("\n| LLM | ms per token | vs TTS-Llama |\n|---|---:|---:|")
     for name, seconds in per_token.items():

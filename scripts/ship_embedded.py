@@ -94,7 +94,12 @@ def mole_section(metrics: dict) -> str:
     )
     routing = metrics["routing"]
     spoken = metrics["spoken_answers"]
-    answers = "\n".join(f"| {a['question']} | {a['answer']} | {a['transcript']} | {a['wer']:.2f} |" for a in spoken)
+    def cell(text: str) -> str:  # one table row: a multi-line answer on one line, no stray column bars
+        return " ".join(str(text).split()).replace("|", "/")
+
+    answers = "\n".join(
+        f"| {cell(a['question'])} | {cell(a['answer'])} | {cell(a['transcript'])} | {a['wer']:.2f} |" for a in spoken
+    )
     layers = routing.get("per_layer", {})
     least_sure = "; ".join(
         f"{task} layer {min(range(len(v['share'])), key=v['share'].__getitem__)} ({min(v['share']):.3f})"

@@ -222,6 +222,29 @@ def test_merged_speech_expert_gives_the_logits_of_base_plus_adapter(tiny_base_di
         merge_expert(mole, "text")
 
 
+def test_int8_llm_keeps_the_forced_experts_predictions_and_refuses_what_it_cannot_keep(
+    tiny_base_dir, text_adapter_dir, speech_adapter_dir, tmp_path
+):
+    from mole_llama.conversion.int8 import quantize_llm_int8
+
+    mole = build_mole_from_adapters(tiny_base_dir, {"text": text_adapter_dir, "speech": speech_adapter_dir}).eval()
+    with pytest.raises(ValueError, match="learned router"):
+        quantize_llm_int8(mole)  # two experts per projection: nothing plain to quantize
+    mole.set_routing("speech")
+    ids = ids_for(mole.config.vocab_size)
+    with torch.no_grad():
+        reference = mole(ids).logits
+        quantize_llm_int8(mole)
+        quantized = mole(ids).logits
+    assert not any(isinstance(module, torch.nn.Linear) for module in mole.model.modules())  # all int8 now
+    assert (quantized - reference).abs().max() < 0.05 * reference.abs().max()  # the speech expert folded in, not lost
+    assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="cannot be saved"):
+        mole.save_pretrained(tmp_path / "int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_llm_int8(mole)
+
+
 def test_one_expert_spec_for_the_config_peft_and_the_recipe():
     spec = ExpertSpec.from_dict({"name": "speech", "r": 8}, r=128, target_modules=["q_proj", "v_proj"])
     assert spec.to_dict() == {"name": "speech", "r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,

@@ -14,7 +14,12 @@ def cmd_synthesize(args) -> None:
         from ..embedded import embedded_model_path
 
         model_path = embedded_model_path("tts-llama")
-    speech = speak(speaker_of(model_path), args.text, args)
+    speaker = speaker_of(model_path)
+    if args.int8:
+        from ..conversion.int8 import quantize_llm_int8
+
+        quantize_llm_int8(speaker.model)
+    speech = speak(speaker, args.text, args)
     print(write_wav(args.output, speech["audio"], speech["sampling_rate"]))
 
 
@@ -70,6 +75,8 @@ def add_commands(commands) -> None:
     command.add_argument("--speed", type=float, help="speaking rate (1.2 = 20%% faster; a model with durations)")
     command.add_argument("--max-new-tokens", dest="max_new_tokens_speech", type=int,
                          help="cap on the unit tokens per sentence (default: the model's)")  # fmt: skip
+    command.add_argument("--int8", action="store_true",
+                         help="int8 LLM, faster CPU decoding (a model with a forced expert: a TTS-Llama)")  # fmt: skip
     command.set_defaults(run=cmd_synthesize)
 
     command = commands.add_parser("ask", help="answer a question in text (greedy, through the chat template)")

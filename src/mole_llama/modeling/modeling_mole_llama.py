@@ -353,6 +353,11 @@ class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, with an `auto_map` naming every entry point so the folder loads through `AutoConfig`,
         `AutoModel` and `AutoModelForCausalLM` with `trust_remote_code=True` where mole_llama is not installed."""
+        if getattr(self, "int8_quantized", False):  # set by mole_llama.conversion.int8.quantize_llm_int8
+            raise ValueError(
+                "an int8-quantized model cannot be saved (its packed weights are not safetensors): save the "
+                "float32 model, and quantize after loading"
+            )
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
