@@ -102,3 +102,22 @@ def test_speech_tokens_and_prompt_on_the_real_smollm2_tokenizer():
 def test_bad_text_is_a_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         tts_messages(bad)
+
+
+@pytest.mark.parametrize(
+    "text, spoken",
+    [
+        ("13 + 14 = 27.", "thirteen plus fourteen equals twenty seven."),
+        ("It costs $1,250, or 12%.", "It costs one thousand two hundred fifty dollars, or twelve percent."),
+        ("Pi is about 3.14; 6 / 2 is 3x1.", "Pi is about three point one four; six over two is three times one."),
+        ("From 1990-2000, 12/25 was a date.", "From one thousand nine hundred ninety - two thousand, twelve / twenty "
+         "five was a date."),  # a range and a date keep their dash and slash (not "minus", "over")
+        ("No digits here, right?", "No digits here, right?"),
+    ],
+)  # fmt: skip
+def test_numbers_and_arithmetic_are_spoken_as_words(text, spoken):
+    from mole_llama.modeling.spoken_form import spoken_form
+
+    assert spoken_form(text) == spoken
+    assert spoken_form(spoken) == spoken  # once is enough: a second pass changes nothing
+    assert tts_messages(text)[-1]["content"].endswith(spoken)  # what the speech expert reads

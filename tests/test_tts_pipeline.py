@@ -333,6 +333,11 @@ def test_a_batch_speaks_as_each_text_alone(tts_dir):
         torch.testing.assert_close(one, other, rtol=0, atol=1e-5)
     units_batched = model.speech_units_batch(texts)
     assert units_batched == [model.speech_units_batch([text])[0] for text in texts]
+    # digits and arithmetic are read as the words they stand for, with the caps of those words
+    assert model.speech_units_batch(["13 + 14 = 27."]) == model.speech_units_batch(
+        ["thirteen plus fourteen equals twenty seven."]
+    )
+    assert model.units_cap("13 + 14 = 27.") == model.units_cap("thirteen plus fourteen equals twenty seven.")
 
 
 def test_the_speech_parts_are_children_that_follow_the_model(tts_dir, tmp_path):

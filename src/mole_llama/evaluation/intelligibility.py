@@ -12,30 +12,13 @@ import jiwer
 import numpy as np
 
 from ..data.audio import resample
+from ..modeling.spoken_form import number_words
 
 RECOGNIZER_RATE = 16000
 JUDGES = ("whisper", "pocketsphinx")
 WHISPER_THREADS = 2
 """The embedded machine's two cores (~1.2 s per 3-s clip there, next to other work)."""
 _judges = {}
-
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-         "seventeen eighteen nineteen").split()  # fmt: skip
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def _number_words(number: int) -> str:
-    """`number` spelled out as a reader says it ("two hundred thousand"); from a billion up, left in digits."""
-    if number < 20:
-        return _ONES[number]
-    if number < 100:
-        tens, ones = divmod(number, 10)
-        return _TENS[tens - 2] + (f" {_ONES[ones]}" if ones else "")
-    for value, name in ((10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if value <= number < 1000 * value:
-            head, rest = divmod(number, value)
-            return f"{_number_words(head)} {name}" + (f" {_number_words(rest)}" if rest else "")
-    return str(number)
 
 
 def normalize_text(text: str) -> str:
@@ -45,7 +28,7 @@ def normalize_text(text: str) -> str:
     text = re.sub(r"[\u2018\u2019`]", "'", text.lower())
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # "1,000" is one number
     text = re.sub(r"\$(\d+)", r"\1 dollars", text).replace("%", " percent")
-    text = re.sub(r"\d+", lambda match: f" {_number_words(int(match.group()))} ", text)
+    text = re.sub(r"\d+", lambda match: f" {number_words(int(match.group()))} ", text)
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
 
 

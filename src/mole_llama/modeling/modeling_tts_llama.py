@@ -34,6 +34,7 @@ from .speech_units import (
     pad_token_ids,
     tts_prompt_ids,
 )
+from .spoken_form import spoken_form
 
 TEXT_TO_WAVEFORM_AUTO_MAP = {"AutoModelForTextToWaveform": "modeling_tts_llama.MoLELlamaForTextToWaveform"}
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
@@ -334,7 +335,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             if timed:
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
                                  "speaks frame-level units")  # fmt: skip
-        pieces = split_text(check_tts_text(text))
+        pieces = split_text(spoken_form(check_tts_text(text)))  # numbers as words, before the caps are counted
         specials = sorted(token for token in self.tokenizer.all_special_tokens if token in text)
         if specials:  # the tokenizer would read them as control tokens (a turn's end, a new turn), not as words
             raise ValueError(
@@ -379,7 +380,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         default = self.generation_config.max_new_tokens
         if self.duration_predictor is None:
             return default
-        cap = int(UNITS_PER_CHARACTER_CAP * len(text)) + UNITS_CAP_MARGIN
+        cap = int(UNITS_PER_CHARACTER_CAP * len(spoken_form(text))) + UNITS_CAP_MARGIN  # the words it will say
         return min(cap, default or cap)
 
     def frame_cap(self, text: str, **kwargs) -> int:
@@ -391,7 +392,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                 self.units_cap(text, **kwargs) * acoustic.acoustic_frame_rate / acoustic.semantic_unit_rate
             )
         speed = self.speech_setting("speed", kwargs)  # checked by check_speaking_kwargs (and the predictor)
-        return math.ceil((FRAMES_PER_CHARACTER_CAP * len(text) + FRAMES_CAP_MARGIN) / speed)
+        return math.ceil((FRAMES_PER_CHARACTER_CAP * len(spoken_form(text)) + FRAMES_CAP_MARGIN) / speed)
 
     def speak_batch(self, pieces: list, seeds: list, prompt_codes=None, **kwargs) -> list:
         """Checked pieces (`plan_pieces`) to their waveforms: one batched LLM generation, then one batched

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
+from .spoken_form import spoken_form
+
 SPEECH_TOKEN_PREFIX = "<|speech_"
 """Every speech token (markers and units) starts with this."""
 SPEECH_START = SPEECH_TOKEN_PREFIX + "start|>"
@@ -139,10 +141,10 @@ def check_tts_text(text) -> str:
 
 
 def tts_messages(text: str, instruction: str = TTS_INSTRUCTION) -> list:
-    """The chat turns that ask for speech: a short system turn and the user's request (the assistant answers with
-    a speech segment)."""
-    text = check_tts_text(text)
-    return [{"role": "system", "content": TTS_SYSTEM}, {"role": "user", "content": f"{instruction}\n{text.strip()}"}]
+    """The chat turns that ask for speech: a short system turn and the user's request, the text in its spoken form
+    (numbers as words); the assistant answers with a speech segment."""
+    text = spoken_form(check_tts_text(text))
+    return [{"role": "system", "content": TTS_SYSTEM}, {"role": "user", "content": f"{instruction}\n{text}"}]
 
 
 def tts_prompt_ids(tokenizer, text: str, speech: SpeechTokenIds, instruction: str = TTS_INSTRUCTION) -> list:
