@@ -40,9 +40,11 @@ def _fold_forced_expert(model, expert: str) -> None:
             setattr(parent, name, plain)
 
 
-def quantize_llm_int8(model):
+def quantize_llm_int8(model, per_channel: bool = True):
     """Quantize `model`'s LLM (decoder projections and LM head) to int8 in place and return it; `model` is a
-    float32 `MoLELlamaForCausalLM` or speaking model on the CPU whose routing is forced (`config.routing` set)."""
+    float32 `MoLELlamaForCausalLM` or speaking model on the CPU whose routing is forced (`config.routing` set).
+    `per_channel`: one scale per output row (PyTorch's `per_channel_dynamic_qconfig`) rather than one per matrix,
+    which keeps rows with small weights apart from the large ones (see benchmarks/int8_intelligibility.py)."""
     if getattr(model, INT8_ATTRIBUTE, False):
         raise ValueError("this model is already quantized to int8")
     if model.device.type != "cpu" or model.dtype != torch.float32:
@@ -61,10 +63,14 @@ def quantize_llm_int8(model):
     with warnings.catch_warnings():  # PyTorch's notice that this API moves to torchao (see the module docstring)
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.ao.quantization.quantize_dynamic(model.model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        model.lm_head = torch.ao.quantization.quantize_dynamic(
-            nn.Sequential(model.lm_head), {nn.Linear}, dtype=torch.qint8
-        )[0]  # its own copy of the (tied) embedding rows: the input embeddings stay float
+        quantization = torch.ao.quantization
+        qconfig = {
+            nn.Linear: quantization.per_channel_dynamic_qconfig if per_channel else quantization.default_dynamic_qconfig
+        }
+        quantization.quantize_dynamic(model.model, qconfig, dtype=torch.qint8, inplace=True)
+        model.lm_head = quantization.quantize_dynamic(nn.Sequential(model.lm_head), qconfig, dtype=torch.qint8)[
+            0
+        ]  # its own copy of the (tied) embedding rows: the input embeddings stay float
     setattr(model, INT8_ATTRIBUTE, True)
     return model
 
