@@ -130,7 +130,7 @@ def main():
         return "-" if value is None else f"{value:.{digits}f}"
 
     print(f"\n{args.split} split: {args.prompts} questions (base known-answer accuracy {base_known:.3f}), "
-          f"{len(sentences)} sentences, prior {args.prior}\n")  # fmt: skip
+          f"{len(sentences)} sentences, sequence prior {args.prior or 'as the model has it'}\n")  # fmt: skip
     print("| mode | token agreement | KL | identical answers | known-answer accuracy | router text | router speech "
           "| units = TTS-Llama's | unit error vs TTS-Llama | seconds |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
