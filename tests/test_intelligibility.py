@@ -18,6 +18,12 @@ WHISPER_WER_BOUND = {"kal": 0.45, "slt": 0.15}
 def test_texts_compare_as_spoken():
     assert normalize_text("At 4, we know 18 answers!") == "at four we know eighteen answers"
     assert normalize_text("It’s $1,500; 100%.") == "it's one thousand five hundred dollars one hundred percent"
+    # the spoken form, as the speaking path reads it: a spoken answer "13 plus 14 equals 27" says "13 + 14 = 27."
+    assert (
+        normalize_text("13 + 14 = 27.")
+        == normalize_text("13 plus 14 equals 27")
+        == ("thirteen plus fourteen equals twenty seven")
+    )
     assert error_rates(["I sold it for two hundred thousand dollars."], ["I sold it for $200,000."])["wer"] == 0.0
     assert error_rates(["Five o'clock tea at all hours."], ["5 o'clock tea, at all hours..."])["wer"] == 0.0
 

@@ -12,7 +12,7 @@ import jiwer
 import numpy as np
 
 from ..data.audio import resample
-from ..modeling.spoken_form import number_words
+from ..modeling.spoken_form import spoken_form
 
 RECOGNIZER_RATE = 16000
 JUDGES = ("whisper", "pocketsphinx")
@@ -22,14 +22,12 @@ _judges = {}
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, letters, digits and apostrophes, single spaces, amounts spelled out: what a recognizer can be held
-    to. Whisper writes "$200,000" and punctuation where the text says "two hundred thousand dollars" and the audio
-    carries neither (years and ordinals are not spelled out: "1984" stays a mismatch with "nineteen eighty-four")."""
-    text = re.sub(r"[\u2018\u2019`]", "'", text.lower())
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # "1,000" is one number
-    text = re.sub(r"\$(\d+)", r"\1 dollars", text).replace("%", " percent")
-    text = re.sub(r"\d+", lambda match: f" {number_words(int(match.group()))} ", text)
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+    """Lower case, letters, digits and apostrophes, single spaces, numbers and arithmetic in their spoken form (the
+    speaking path's own `spoken_form`): what a recognizer can be held to. Whisper writes "$200,000" and "13 plus 14"
+    where the text says "two hundred thousand dollars" or "13 + 14", and the audio carries neither (years and ordinals
+    are not spelled out: "1984" stays a mismatch with "nineteen eighty-four")."""
+    text = spoken_form(re.sub(r"[\u2018\u2019`]", "'", text))
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
 def load_judge(judge: str = "whisper"):
