@@ -58,14 +58,18 @@ def training_facts(adapter: Path, continued_from: list | None = None) -> dict:
     holds it in `checkpoints/`), or from the `training_facts.json` an earlier ship wrote; with `continued_from` (the
     earlier runs' checkpoints, oldest first, each run started from the next with --init-adapter), their steps and
     CPU minutes come first, so the card shows the whole training."""
-    search = [adapter, adapter.parent]  # `OUT/tts/adapter`: its checkpoints are in `OUT/tts/checkpoints`
-    states = sorted({p for folder in search for p in folder.glob("**/trainer_state.json")},
-                    key=lambda p: json.loads(p.read_text())["global_step"])  # fmt: skip
+    if (adapter / "trainer_state.json").is_file():  # one checkpoint, e.g. OUT/tts/checkpoints/checkpoint-500
+        states = [adapter / "trainer_state.json"]
+    else:  # a stage's adapter (OUT/tts/adapter): its run's states are in OUT/tts/checkpoints
+        folder = adapter.parent / "checkpoints" if adapter.name == "adapter" else adapter
+        states = sorted(folder.glob("**/trainer_state.json"), key=lambda p: json.loads(p.read_text())["global_step"])
     if not states:
-        shipped = adapter / FACTS_FILE
-        if shipped.is_file():
-            return json.loads(shipped.read_text())
-        raise SystemExit(f"no trainer_state.json under {adapter} and no {FACTS_FILE}: give the training folder")
+        shipped = next((p / FACTS_FILE for p in (adapter, adapter.parent) if (p / FACTS_FILE).is_file()), None)
+        if shipped is None:
+            raise SystemExit(f"no trainer_state.json for {adapter} and no {FACTS_FILE}: give the training folder")
+        if continued_from:
+            raise SystemExit(f"{shipped} already holds the whole training: leave --continued-from out")
+        return json.loads(shipped.read_text())
     state = json.loads(states[-1].read_text())
     earlier = training_facts(continued_from[-1], continued_from[:-1]) if continued_from else {}
     steps_before = earlier.get("steps", 0)
@@ -94,6 +98,7 @@ def mole_section(metrics: dict) -> str:
     )
     routing = metrics["routing"]
     spoken = metrics["spoken_answers"]
+
     def cell(text: str) -> str:  # one table row: a multi-line answer on one line, no stray column bars
         return " ".join(str(text).split()).replace("|", "/")
 
@@ -223,12 +228,14 @@ def main():
     parser.add_argument("--training-notes", default="lr 2e-3.", help="the learning-rate schedule, in words")
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
-    parser.add_argument("--hard-routing", action="store_true", help="mole-llama: ship with hard (top-1) routing")
-    parser.add_argument("--router-context", choices=["token", "sequence"], default="token",
-                        help="mole-llama: what the routers read (MoLELlamaConfig.router_context)")  # fmt: skip
+    parser.add_argument("--hard-routing", action=argparse.BooleanOptionalAction,
+                        help="mole-llama: hard (top-1) routing or not (default: as --routers has it)")  # fmt: skip
+    parser.add_argument("--router-context", choices=["token", "sequence"],
+                        help="mole-llama: what the routers read (default: as --routers has it)")  # fmt: skip
     parser.add_argument(
         "--router-prior", nargs=2, type=float, metavar=("LOGIT", "TOKENS"),
-        help="mole-llama, sequence context: the running mean starts at text +LOGIT / speech -LOGIT, as TOKENS tokens",
+        help="mole-llama, sequence context: the running mean starts at text +LOGIT / speech -LOGIT, as TOKENS tokens "
+        "(default: as --routers has it)",
     )  # fmt: skip
     parser.add_argument("--router-notes", default="", help="mole-llama: how the routers were trained, in words")
     parser.add_argument("--qa", help="mole-llama: the build-qa folder (retention, router accuracy, spoken answers)")
@@ -241,12 +248,17 @@ def main():
         if not (args.text_expert and args.routers and args.qa):
             parser.error("a mole-llama needs --text-expert, --routers and --qa")
         mole_model = MoLELlamaForCausalLM.from_pretrained(args.routers)
-        mole_model.config.hard_routing = args.hard_routing
-        mole_model.config.router_context = args.router_context
-        logit, tokens = args.router_prior or (None, 0.0)
-        mole_model.config.router_context_prior = None if logit is None else {"text": logit, "speech": -logit}
-        mole_model.config.router_context_prior_tokens = tokens
-        mole_model.config.check_settings()  # the combination must make a loadable config
+        config = mole_model.config  # the inference routing it was saved with, unless told otherwise
+        if args.hard_routing is not None:
+            config.hard_routing = args.hard_routing
+        if args.router_context is not None:
+            config.router_context = args.router_context
+        if args.router_prior:
+            logit, config.router_context_prior_tokens = args.router_prior
+            config.router_context_prior = {"text": logit, "speech": -logit}
+        elif config.router_context == "token":
+            config.router_context_prior, config.router_context_prior_tokens = None, 0.0
+        config.check_settings()  # the combination must make a loadable config
 
     facts = training_facts(args.adapter, args.continued_from)  # before anything is written
     if args.name == "tts-llama":

@@ -286,3 +286,13 @@ def test_the_demo_profiles_fit_the_embedded_recipe():
     for name, profile in PROFILES.items():
         recipe = load_recipe("embedded", profile["set"])  # every override names a real setting of its stage
         assert recipe["codec"]["training"]["max_steps"] > 0, name
+
+
+def test_resume_refuses_checkpoints_left_where_stages_kept_them_before(tmp_path):
+    from mole_llama.training.checkpoints import checkpoint_to_resume, checkpoints_dir
+
+    (tmp_path / "tts" / "adapter" / "checkpoint-4").mkdir(parents=True)  # the layout before OUT/checkpoints
+    with pytest.raises(ValueError, match="move the checkpoint-N folders into"):
+        checkpoint_to_resume(checkpoints_dir(tmp_path / "tts"), resume=True)
+    assert checkpoint_to_resume(checkpoints_dir(tmp_path / "fresh"), resume=True) is None  # nothing: a fresh start
+    assert checkpoint_to_resume(checkpoints_dir(tmp_path / "tts"), resume=False) is None  # resume only when asked

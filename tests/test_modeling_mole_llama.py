@@ -464,10 +464,42 @@ def test_sequence_router_context_prior_routes_the_first_tokens_until_the_sequenc
     generated = model.generate(ids[:, :2], max_new_tokens=6, do_sample=False, pad_token_id=0, use_cache=True)
     assert torch.equal(generated, model.generate(ids[:, :2], max_new_tokens=6, do_sample=False, pad_token_id=0,
                                                  use_cache=False))  # fmt: skip
-    with pytest.raises(ValueError, match="one logit per expert"):
-        MoLELlamaConfig(router_context="sequence", router_context_prior={"text": 1.0})
+    for prior, tokens, message in (
+        ({"text": 1.0}, 2, "one logit"),
+        ({"text": "a", "speech": 0}, 2, "one logit"),
+        ({"text": 1.0, "speech": -1.0}, 0, "give both"),
+        (None, 2, "give both"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            MoLELlamaConfig(router_context="sequence", router_context_prior=prior, router_context_prior_tokens=tokens)
+    from mole_llama.conversion.merge import merge_expert
+
+    merged = merge_expert(model, "speech")  # no experts left: no router settings either
+    assert merged.config.router_context == "token" and merged.config.router_context_prior is None
     with pytest.raises(ValueError, match="set router_context='sequence' too"):
         MoLELlamaConfig(router_context_prior={"text": 1.0, "speech": -1.0}, router_context_prior_tokens=2.0)
+
+
+@torch.no_grad()
+def test_sequence_router_context_follows_beam_search_and_refuses_a_cut_back_cache(tiny_mole_dir):
+    model = MoLELlamaForCausalLM.from_pretrained(
+        tiny_mole_dir, router_context="sequence", router_context_prior={"text": 1.0, "speech": -1.0},
+        router_context_prior_tokens=2,
+    ).eval()  # fmt: skip
+    for layer in model.model.layers:
+        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(5))
+    ids = random_ids(model.config.vocab_size, shape=(2, 6))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, num_beams=3, num_return_sequences=3,
+                  return_dict_in_generate=True, output_scores=True)  # fmt: skip
+    cached, uncached = model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)  # the beams' running sums were reordered with them
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-5, rtol=1e-5)
+    output = model(ids, use_cache=True)
+    sums = output.cache.mole_router_sums[0]
+    assert sums[0].dtype == torch.float32 and sums[2] == 6  # float32 sums, and the cache length they cover
+    output.cache.crop(-2)  # as assisted decoding does when it rejects drafted tokens
+    with pytest.raises(ValueError, match="cut back"):
+        model(ids[:, -1:], cache=output.cache)
 
 
 @torch.no_grad()

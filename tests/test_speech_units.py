@@ -113,6 +113,9 @@ def test_bad_text_is_a_clear_error(bad, message):
         ("From 1990-2000, 12/25 was a date.", "From one thousand nine hundred ninety - two thousand, twelve / twenty "
          "five was a date."),  # a range and a date keep their dash and slash (not "minus", "over")
         ("No digits here, right?", "No digits here, right?"),
+        ("$5.50, .5 and -5 (-3).", "five dollars fifty cents, point five and minus five (minus three)."),
+        ("Version 1.2.3 at 5:30.", "Version one dot two dot three at five thirty."),  # one piece: no "." inside
+        ("Call 5551234567.", "Call five five five one two three four five six seven."),  # digit by digit
     ],
 )  # fmt: skip
 def test_numbers_and_arithmetic_are_spoken_as_words(text, spoken):
@@ -121,3 +124,9 @@ def test_numbers_and_arithmetic_are_spoken_as_words(text, spoken):
     assert spoken_form(text) == spoken
     assert spoken_form(spoken) == spoken  # once is enough: a second pass changes nothing
     assert tts_messages(text)[-1]["content"].endswith(spoken)  # what the speech expert reads
+
+
+def test_a_digit_run_of_any_length_is_spoken_without_error():
+    from mole_llama.modeling.spoken_form import spoken_form
+
+    assert spoken_form("7" * 5000) == " ".join(["seven"] * 5000)  # past int()'s 4,300-digit limit

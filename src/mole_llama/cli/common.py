@@ -86,13 +86,13 @@ def check_voice_file(voice) -> None:
         raise ValueError(f"--voice {voice}: no such file; give a recording of a few seconds (WAV, FLAC or OGG)")
 
 
-def speaker_of(model_path):
+def speaker_of(model_path, device=None):
     from transformers import pipeline
 
     from ..modeling.modeling_mole_llama import check_model_folder
 
     check_model_folder(model_path)  # before transformers takes a missing path for a Hub id or applies stray adapters
-    return pipeline("text-to-speech", model=str(model_path))
+    return pipeline("text-to-speech", model=str(model_path), device=device)
 
 
 def speak(speaker, text: str, args) -> dict:

@@ -14,10 +14,13 @@ def cmd_synthesize(args) -> None:
         from ..embedded import embedded_model_path
 
         model_path = embedded_model_path("tts-llama")
-    speaker = speaker_of(model_path)
+    speaker = speaker_of(model_path, device="cpu" if args.int8 else None)
     if args.int8:
         from ..conversion.int8 import quantize_llm_int8
 
+        if speaker.model.config.routing is None:
+            raise ValueError(f"--int8 needs a model with a forced expert (a TTS-Llama); {model_path} routes with a "
+                             "learned router (a MoLE-Llama): leave --int8 out")  # fmt: skip
         quantize_llm_int8(speaker.model)
     speech = speak(speaker, args.text, args)
     print(write_wav(args.output, speech["audio"], speech["sampling_rate"]))

@@ -1,9 +1,10 @@
 """int8 inference on the CPU for a speaking model's LLM, the stage that dominates its run time.
 
 PyTorch's dynamic quantization (`torch.ao.quantization.quantize_dynamic`, FBGEMM kernels): each linear layer keeps
-its weights in int8 with one scale, and quantizes its input on the fly at every call. On SmolLM2-135M greedy decoding
-(one thread) it ran 2.6x faster than float32 here. torchao, its successor, ran about 3x slower than float32 on this
-CPU without `torch.compile`, so the older path is used; PyTorch deprecates it, and the pinned torch still has it.
+its weights in int8 with a scale per output row (or per matrix), and quantizes its input on the fly at every call.
+On SmolLM2-135M greedy decoding it ran 2.7x faster than float32 here. torchao, its successor, ran about 3x slower
+than float32 on this CPU without `torch.compile`, so the older path is used; PyTorch deprecates it, and the pinned
+torch still has it.
 
 Only plain linear layers can be quantized this way, so a forced expert (a TTS-Llama speaks with its speech expert
 forced) is first folded into the weights, `W + s B A`, as `merge_expert` does; a MoLE-Llama with learned routing has

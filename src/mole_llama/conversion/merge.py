@@ -16,7 +16,9 @@ def merge_expert(model: MoLELlamaForCausalLM, name: str) -> MoLELlamaForCausalLM
     """A new model whose weights hold `model`'s expert `name` folded in (float32 maths, the model's dtype kept)."""
     if name not in model.config.expert_names:
         raise ValueError(f"no expert {name!r} in this model: it has {model.config.expert_names}")
-    settings = {**model.config.to_dict(), "experts": [], "routing": NO_EXPERT}
+    router_free = {"router_context": "token", "router_context_prior": None, "router_context_prior_tokens": 0.0,
+                   "router_top_k": None, "hard_routing": False}  # fmt: skip  # no experts left to route between
+    settings = {**model.config.to_dict(), "experts": [], "routing": NO_EXPERT, **router_free}
     for key in ("model_type", "transformers_version", "architectures", "auto_map"):
         settings.pop(key, None)
     merged = MoLELlamaForCausalLM(MoLELlamaConfig(**settings)).to(model.dtype).eval()

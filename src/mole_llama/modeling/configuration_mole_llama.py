@@ -104,7 +104,8 @@ class MoLELlamaConfig(LlamaConfig):
             mean of its router logits over the sequence so far (causal, padding left out), so a token is routed by
             the conversation it belongs to, not by itself alone; a word of a text answer then goes where the whole
             answer goes, even in the first layers, which see little more than the token. Generation carries the
-            running sums along with the KV cache.
+            running sums along with the KV cache (beam search reorders them; assisted decoding, which cuts the
+            cache back, is refused).
         router_context_prior (`dict[str, float]`, *optional*):
             With `router_context="sequence"`: logits per expert that the running mean starts from, counted as
             `router_context_prior_tokens` tokens. The first tokens of a chat (the template's `<|im_start|>system`)
@@ -112,7 +113,7 @@ class MoLELlamaConfig(LlamaConfig):
             (e.g. `{"text": 3.0, "speech": -3.0}` keeps a conversation's first tokens, the attention sink among
             them, on the text expert) until the sequence's own tokens outweigh it. Unset: no prior.
         router_context_prior_tokens (`float`, *optional*, defaults to 0.0):
-            How many tokens the prior counts for.
+            How many tokens the prior counts for (> 0 with a prior, 0 without).
         hard_routing (`bool`, *optional*, defaults to `False`):
             At inference (eval mode) each token takes only its highest-weighted expert, at full weight, instead of
             the soft mixture; where every token of a forward picks the same expert (as in one-token decoding), only
@@ -147,7 +148,7 @@ class MoLELlamaConfig(LlamaConfig):
     router_temperature: float = 1.0
     router_context: str = "token"
     router_context_prior: dict | None = None
-    router_context_prior_tokens: float = 0.0
+    router_context_prior_tokens: float | int = 0.0
     hard_routing: bool = False
     merged_expert_cache: bool = False
     routing: str | None = None
@@ -206,14 +207,21 @@ class MoLELlamaConfig(LlamaConfig):
             raise ValueError(f"router_temperature={self.router_temperature} must be positive")
         if self.router_context not in ROUTER_CONTEXTS:
             raise ValueError(f"router_context={self.router_context!r}: choose one of {list(ROUTER_CONTEXTS)}")
-        prior = self.router_context_prior
-        if prior is not None and (not isinstance(prior, dict) or set(prior) != set(names)):
+        prior, prior_tokens = self.router_context_prior, self.router_context_prior_tokens
+        numbers = isinstance(prior, dict) and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in prior.values()
+        )
+        if prior is not None and (not numbers or set(prior) != set(names)):
             raise ValueError(
-                f"router_context_prior={prior!r} must give one logit per expert, e.g. { {name: 0.0 for name in names} }"
+                f"router_context_prior={prior!r} must give one logit (a number) per expert, e.g. "
+                f"{ {name: 0.0 for name in names} }"
             )
-        if self.router_context_prior_tokens < 0:
-            raise ValueError(f"router_context_prior_tokens={self.router_context_prior_tokens} must be >= 0")
-        if (prior is not None or self.router_context_prior_tokens) and self.router_context != "sequence":
+        if (prior is None) != (prior_tokens == 0) or prior_tokens < 0:
+            raise ValueError(
+                f"router_context_prior={prior!r} with router_context_prior_tokens={prior_tokens}: give both (a "
+                "prior and how many tokens it counts for, > 0) or neither"
+            )
+        if (prior is not None or prior_tokens) and self.router_context != "sequence":
             raise ValueError(
                 "router_context_prior and router_context_prior_tokens shape the running mean of "
                 "router_context='sequence': set router_context='sequence' too, or leave them unset"

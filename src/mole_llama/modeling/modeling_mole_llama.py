@@ -223,9 +223,11 @@ class SequenceRoutingContext:
     sequence's tokens so far (padding left out), starting from the config's prior (`prior_logits`, counted as
     `prior_tokens` tokens).
 
-    The running sums live on the KV cache object (attribute `mole_router_sums`, one entry per layer), so each
-    generation step adds its token to the sums of the prompt and the tokens before it; a forward without a cache,
-    or with an empty one, starts from its first token."""
+    The running sums live on the KV cache object (attribute `mole_router_sums`, one entry per layer: float32 sums,
+    counts, and the cache length they cover), so each generation step adds its token to the sums of the prompt and
+    the tokens before it; a forward without a cache, or with an empty one, starts from its first token. Beam search
+    reorders them with the cache (`MoLELlamaForCausalLM._reorder_cache`); a cache cut back (assisted decoding) is
+    refused."""
 
     CACHE_ATTRIBUTE = "mole_router_sums"
 
@@ -239,31 +241,34 @@ class SequenceRoutingContext:
     def running_mean(self, logits: torch.Tensor) -> torch.Tensor:
         batch, length = logits.shape[:2]
         if self.token_mask is None:
-            valid = logits.new_ones(batch, length, 1)
+            valid = logits.new_ones(batch, length, 1, dtype=torch.float32)
         else:
-            valid = self.token_mask[:, -length:].to(device=logits.device, dtype=logits.dtype).unsqueeze(-1)
-        sums, counts = (logits * valid).cumsum(dim=1), valid.cumsum(dim=1)
+            valid = self.token_mask[:, -length:].to(device=logits.device, dtype=torch.float32).unsqueeze(-1)
+        # float32 whatever the model's dtype: in bf16 a count of 300 no longer grows by one per token
+        sums, counts = (logits.float() * valid).cumsum(dim=1), valid.cumsum(dim=1)
         if self.cache is not None:
             running = self.cache.__dict__.setdefault(self.CACHE_ATTRIBUTE, {})
-            if self.cache.get_seq_length(self.layer_idx) > 0:  # the cache holds earlier tokens: continue their sums
+            past_length = self.cache.get_seq_length(self.layer_idx)
+            if past_length > 0:  # the cache holds earlier tokens: continue their sums
                 if self.layer_idx not in running:
                     raise ValueError(
                         "this KV cache was filled without router_context='sequence' (no running router sums in "
                         "it): start the generation again with this model, from an empty cache"
                     )
-                past_sums, past_counts = running[self.layer_idx]
-                if past_sums.shape[0] != batch:
+                past_sums, past_counts, covered = running[self.layer_idx]
+                if past_sums.shape[0] != batch or covered != past_length:
                     raise ValueError(
-                        f"the KV cache's running router sums are for {past_sums.shape[0]} sequences, this step has "
-                        f"{batch}: beam search and other reorderings of the cache are not supported with "
-                        "router_context='sequence'"
+                        f"the KV cache holds {past_length} tokens of {batch} sequences, its running router sums "
+                        f"{covered} of {past_sums.shape[0]}: it was cut back or reshaped (assisted decoding, a "
+                        "rollback), which router_context='sequence' cannot follow; generate without it"
                     )
                 sums, counts = sums + past_sums, counts + past_counts
-            running[self.layer_idx] = (sums[:, -1:].detach(), counts[:, -1:])
+            running[self.layer_idx] = (sums[:, -1:].detach(), counts[:, -1:], past_length + length)
         if self.prior_tokens:
-            prior = torch.as_tensor(self.prior_logits or 0.0, device=logits.device, dtype=logits.dtype)
+            prior = torch.tensor(self.prior_logits, device=logits.device, dtype=torch.float32)
             sums, counts = sums + self.prior_tokens * prior, counts + self.prior_tokens
-        return sums / counts.clamp_min(1)  # a left pad (count 0) gets logits 0: equal weights, and it is masked
+        # a left pad (count 0) gets logits 0: equal weights, and it is masked anyway
+        return (sums / counts.clamp_min(1)).to(logits.dtype)
 
 
 class MoLEDecoderLayer(LlamaDecoderLayer):
@@ -376,6 +381,15 @@ class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
         for module in self.modules():
             if isinstance(module, MoLEDecoderLayer):
                 module.routing = routing
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: reorder the KV cache and, with `router_context="sequence"`, its running router sums alike."""
+        cache.reorder_cache(beam_idx)
+        running = cache.__dict__.get(SequenceRoutingContext.CACHE_ATTRIBUTE, {})
+        for layer_idx, (sums, counts, covered) in running.items():
+            index = beam_idx.to(sums.device)
+            running[layer_idx] = (sums.index_select(0, index), counts.index_select(0, index), covered)
+        return cache
 
     def router_parameters(self) -> list:
         """The routers' parameters: the only ones trained in MoLE stage 2."""

@@ -18,6 +18,8 @@ _TIGHT = {"+": "plus", "*": "times", "x": "times", "×": "times", "=": "equals"}
 _SPACED = {"-": "minus", "/": "over"}
 _ANYWHERE = {"+": " plus ", "=": " equals ", "%": " percent", "&": " and ", "×": " times "}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+MAX_SPELLED_DIGITS = 9
+"""Longer digit runs (beyond `number_words`' millions, phone numbers, codes) are read digit by digit."""
 
 
 def number_words(number: int) -> str:
@@ -34,11 +36,15 @@ def number_words(number: int) -> str:
     return str(number)
 
 
+def _digits(digits: str) -> str:
+    return " ".join(_ONES[int(digit)] for digit in digits)
+
+
 def _say_number(match: re.Match) -> str:
     whole, _, decimals = match.group().partition(".")
-    said = number_words(int(whole))
+    said = _digits(whole) if len(whole) > MAX_SPELLED_DIGITS else number_words(int(whole))
     if decimals:  # "2.5" -> "two point five": digits after the point one by one
-        said += " point " + " ".join(_ONES[int(digit)] for digit in decimals)
+        said += " point " + _digits(decimals)
     return f" {said} "
 
 
@@ -46,7 +52,13 @@ def spoken_form(text: str) -> str:
     """`text` with its numbers, amounts and arithmetic written as words; text without digits or those symbols comes
     back as it was (apart from runs of spaces), so applying it twice changes nothing more."""
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # "1,000" is one number
+    # dotted runs ("1.2.3", an address) part by part, "5:30" as "five thirty": neither may end a sentence piece
+    text = re.sub(r"\d+(?:\.\d+){2,}", lambda match: " dot ".join(match.group().split(".")), text)
+    text = re.sub(r"(?<=\d):(?=\d\d\b)", " ", text)
+    text = re.sub(r"\$(\d+)\.(\d\d)\b", r"\1 dollars \2 cents", text)
     text = re.sub(r"\$(\d+(?:\.\d+)?)", r"\1 dollars", text)
+    text = re.sub(r"(?<![\w.])\.(?=\d)", "point ", text)  # ".5"
+    text = re.sub(r"(?:(?<=^)|(?<=[\s(]))-(?=\d)", "minus ", text)  # "-5", "(-5)"; not "10-3", a range
     for symbol, word in _TIGHT.items():
         text = re.sub(rf"(?<=\d)\s*{re.escape(symbol)}\s*(?=\d)", f" {word} ", text)
     for symbol, word in _SPACED.items():
@@ -54,7 +66,7 @@ def spoken_form(text: str) -> str:
     for symbol, word in _ANYWHERE.items():
         text = text.replace(symbol, word)
     text = _NUMBER.sub(_say_number, text)
-    text = re.sub(r"\s+([.,!?;:])", r"\1", text)  # "twenty five ." -> "twenty five."
+    text = re.sub(r"\s+([.,!?;:)])", r"\1", text)  # "twenty five ." -> "twenty five."
     return " ".join(text.split())
 
 

@@ -218,7 +218,8 @@ def train_acoustic_lm(
     trainer = build_acoustic_lm_trainer(model, train_dataset, args, eval_dataset=eval_dataset, collator=collator)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_final:
-        save_on_main_process(trainer, lambda: trainer.save_model(save_dir or args.output_dir))
+        trainer.save_model(save_dir or args.output_dir)  # on every process: FSDP and DeepSpeed gather the weights
+        save_on_main_process(trainer)
     return trainer
 
 

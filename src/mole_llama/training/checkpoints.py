@@ -27,13 +27,16 @@ def checkpoints_dir(out) -> Path:
     return Path(out) / CHECKPOINTS_FOLDER
 
 
-def save_on_main_process(trainer, save) -> None:
+def save_on_main_process(trainer, save=None) -> None:
     """The end of every training stage: all processes wait for the last step, then the main process alone calls
     `save()`, so a multi-GPU run writes its final model once, and writes the final trainer state (the whole log
-    history, the last steps' losses and learning-curve readings too) beside the checkpoints, for reports."""
+    history, the last steps' losses and learning-curve readings too) beside the checkpoints, for reports.
+    (`Trainer.save_model` gathers sharded weights from every process under FSDP or DeepSpeed: call it on all of
+    them before, and this with no `save`.)"""
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        save()
+        if save is not None:
+            save()
         trainer.save_state()
 
 
@@ -67,6 +70,13 @@ def checkpoint_to_resume(folder, resume: bool) -> str | None:
     if not resume:
         return None
     checkpoint = last_complete_checkpoint(folder)
+    older = [path for place in (Path(folder).parent, Path(folder).parent / "adapter") if place.is_dir()
+             for path in place.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]  # fmt: skip
+    if checkpoint is None and older:
+        raise ValueError(
+            f"--resume: no checkpoint in {folder}, but {older[0]} lies where stages kept them before; move the "
+            f"checkpoint-N folders into {folder} and resume again"
+        )
     if checkpoint is None:
         logger.warning(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
     return checkpoint

@@ -73,7 +73,8 @@ def train_duration_predictor(
     train_dataset = train_dataset.select_columns(["semantic_units"])
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=DurationDataCollator())
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    save_on_main_process(trainer, lambda: trainer.save_model(save_dir or args.output_dir))
+    trainer.save_model(save_dir or args.output_dir)  # on every process: FSDP and DeepSpeed gather the weights
+    save_on_main_process(trainer)
     return trainer
 
 
