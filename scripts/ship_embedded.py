@@ -35,6 +35,7 @@ from mole_llama import MoLELlamaForCausalLM
 from mole_llama.embedded import embedded_model_path, ship_speaking_model
 from mole_llama.embedded.base import embedded_base_path
 from mole_llama.evaluation.evaluate import evaluate_models, evaluate_speech
+from mole_llama.evaluation.report import table_cell
 from mole_llama.modeling.acoustic_codec import load_acoustic_codec
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -99,11 +100,9 @@ def mole_section(metrics: dict) -> str:
     routing = metrics["routing"]
     spoken = metrics["spoken_answers"]
 
-    def cell(text: str) -> str:  # one table row: a multi-line answer on one line, no stray column bars
-        return " ".join(str(text).split()).replace("|", "/")
-
     answers = "\n".join(
-        f"| {cell(a['question'])} | {cell(a['answer'])} | {cell(a['transcript'])} | {a['wer']:.2f} |" for a in spoken
+        f"| {table_cell(a['question'])} | {table_cell(a['answer'])} | {table_cell(a['transcript'])} | {a['wer']:.2f} |"
+        for a in spoken
     )
     layers = routing.get("per_layer", {})
     least_sure = "; ".join(

@@ -398,6 +398,12 @@ def test_merged_expert_cache_gives_the_same_outputs_and_follows_weight_changes(t
     assert MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).config.merged_expert_cache
 
 
+def _scramble_routers(model, seed: int) -> None:
+    """Trained-looking routers: logits that depend on the token (a fresh router's output layer is zero)."""
+    for layer in model.model.layers:
+        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(seed))
+
+
 def _per_token_router_logits(model, ids, mask=None) -> list:
     """Each layer's router logits from that layer's own input hidden states, token by token (no context)."""
     hidden = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
@@ -408,8 +414,7 @@ def _per_token_router_logits(model, ids, mask=None) -> list:
 @torch.no_grad()
 def test_sequence_router_context_routes_each_token_by_the_running_mean_of_its_sequence(tiny_mole_dir):
     model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, router_context="sequence").eval()
-    for layer in model.model.layers:  # trained-looking routers: token-dependent logits
-        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    _scramble_routers(model, seed=3)
     ids = random_ids(model.config.vocab_size, shape=(2, 9))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # a left-padded row: its pads count for nothing
@@ -429,8 +434,7 @@ def test_sequence_router_context_generates_with_the_cache_as_without(tiny_mole_d
     model = MoLELlamaForCausalLM.from_pretrained(
         tiny_mole_dir, router_context="sequence", hard_routing=hard, merged_expert_cache=hard
     ).eval()
-    for layer in model.model.layers:
-        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(4))
+    _scramble_routers(model, seed=4)
     prompts = [[5, 9, 14, 20, 33, 41], [7, 11, 12]]
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
@@ -486,8 +490,7 @@ def test_sequence_router_context_follows_beam_search_and_refuses_a_cut_back_cach
         tiny_mole_dir, router_context="sequence", router_context_prior={"text": 1.0, "speech": -1.0},
         router_context_prior_tokens=2,
     ).eval()  # fmt: skip
-    for layer in model.model.layers:
-        torch.nn.init.normal_(layer.router.proj_out.weight, std=0.5, generator=torch.Generator().manual_seed(5))
+    _scramble_routers(model, seed=5)
     ids = random_ids(model.config.vocab_size, shape=(2, 6))
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, num_beams=3, num_return_sequences=3,
                   return_dict_in_generate=True, output_scores=True)  # fmt: skip

@@ -18,9 +18,6 @@ def cmd_synthesize(args) -> None:
     if args.int8:
         from ..conversion.int8 import quantize_llm_int8
 
-        if speaker.model.config.routing is None:
-            raise ValueError(f"--int8 needs a model with a forced expert (a TTS-Llama); {model_path} routes with a "
-                             "learned router (a MoLE-Llama): leave --int8 out")  # fmt: skip
         quantize_llm_int8(speaker.model)
     speech = speak(speaker, args.text, args)
     print(write_wav(args.output, speech["audio"], speech["sampling_rate"]))

@@ -57,7 +57,7 @@ def quantize_llm_int8(model, per_channel: bool = True):
     if model.config.expert_names and routing is None:
         raise ValueError(
             "this MoLE-Llama routes with its learned router (two experts per projection), which int8 dynamic "
-            "quantization cannot keep: force one expert first (model.set_routing('speech') for speech only)"
+            "quantization cannot keep: use a TTS-Llama, or force one expert first (model.set_routing('speech'))"
         )
     model.eval()
     _fold_forced_expert(model.model, routing or NO_EXPERT)

@@ -112,7 +112,7 @@ def plot_routing_trace(trace: dict, path) -> Path:
     return Path(path)
 
 
-def _cell(text: str) -> str:
+def table_cell(text: str) -> str:
     """Text that stays inside one Markdown table cell."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -253,8 +253,9 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
         "## Text in, speech out (MoLE-Llama)",
         "| question | text answer | heard (Whisper tiny.en) | WER | pocketsphinx WER | audio |\n"
         "|---|---|---|---:|---:|---|"
-        + "".join(f"\n| {_cell(r['question'])} | {_cell(r['answer'])} | {_cell(r['transcript'])} | {r['wer']:.2f} | "
-                  f"{r['wer_pocketsphinx']:.2f} | [wav]({relative(r['path'])}) |" for r in metrics["spoken_answers"]),
+        + "".join(f"\n| {table_cell(r['question'])} | {table_cell(r['answer'])} | {table_cell(r['transcript'])} | "
+                  f"{r['wer']:.2f} | {r['wer_pocketsphinx']:.2f} | [wav]({relative(r['path'])}) |"
+                  for r in metrics["spoken_answers"]),
         "## Samples",
         "\n".join(
             f"- {name}: " + ", ".join(f"[{row['voice']} {i // len(settings['voices'])}]({relative(row['path'])})"

@@ -70,16 +70,17 @@ def checkpoint_to_resume(folder, resume: bool) -> str | None:
     if not resume:
         return None
     checkpoint = last_complete_checkpoint(folder)
+    if checkpoint is not None:
+        return checkpoint
     older = [path for place in (Path(folder).parent, Path(folder).parent / "adapter") if place.is_dir()
              for path in place.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]  # fmt: skip
-    if checkpoint is None and older:
+    if older:
         raise ValueError(
             f"--resume: no checkpoint in {folder}, but {older[0]} lies where stages kept them before; move the "
             f"checkpoint-N folders into {folder} and resume again"
         )
-    if checkpoint is None:
-        logger.warning(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
-    return checkpoint
+    logger.warning(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
+    return None
 
 
 __all__ = [
