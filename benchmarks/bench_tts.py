@@ -5,7 +5,8 @@
   acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32) and with its LLM
   in int8 (`conversion.int8.quantize_llm_int8`), with the unit error rate of the int8 LLM's units against the
   float32 ones (0: it says the same);
-- time to the first streamed chunk of a one-sentence text;
+- time to the first streamed chunk of a one-sentence text (median over the sentences, float32 and int8 LLM), beside
+  the whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
 - MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences), and per LLM token with the MoLE-Llama's
   shipped routing and with soft routing.
@@ -30,6 +31,16 @@ def timed(function, *args, **kwargs):
     started = time.perf_counter()
     result = function(*args, **kwargs)
     return result, time.perf_counter() - started
+
+
+def first_chunk(model, text: str, seed: int) -> tuple:
+    """Seconds from the `stream` call to its first chunk, and the seconds of audio in that chunk."""
+    started = time.perf_counter()
+    stream = model.stream(text, seed=seed)
+    chunk = next(stream)
+    seconds = time.perf_counter() - started
+    stream.close()  # the rest is not needed: the generation stops at its next token
+    return seconds, len(chunk) / model.sampling_rate
 
 
 def stage_seconds(model, text: str, seed: int) -> dict:
@@ -98,10 +109,14 @@ def main():
     changed = unit_error_rate(tts.speech_units_batch(spoken), tts_int8.speech_units_batch(spoken))
     print(f"\nunit error rate of the int8 LLM's greedy units against the float32 ones: {changed:.3f}")
 
+    print("\n| one-sentence text | first streamed chunk (s) | audio in it (s) | whole `speak` call (s) |")
+    print("|---|---:|---:|---:|")
+    for name, model in variants.items():
+        firsts = [first_chunk(model, text, seed) for seed, text in enumerate(spoken)]
+        wholes = [timed(model.speak, text, seed=seed)[1] for seed, text in enumerate(spoken)]
+        print(f"| {name}, median | {statistics.median(f[0] for f in firsts):.2f} | "
+              f"{statistics.median(f[1] for f in firsts):.2f} | {statistics.median(wholes):.2f} |")  # fmt: skip
     one = sentences[0]
-    _, first_chunk = timed(next, tts.stream(one, seed=0))
-    _, whole = timed(tts.speak, one, seed=0)
-    print(f"\nfirst streamed chunk of a one-sentence text: {first_chunk:.2f} s (the whole call: {whole:.2f} s)")
 
     batch = sentences[: args.batch]
     _, batched = timed(tts.speak_texts, batch, seed=0, batch_size=args.batch)

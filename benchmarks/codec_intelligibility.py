@@ -4,7 +4,8 @@ opinion) on held-out festival sentences.
 Trains `MelCodecModel` on festival speech of non-held-out fortune sentences (all voices, resampled to 16 kHz), or
 loads one with `--codec`, then prints a Markdown table per voice for: the ground truth, log-mel -> Griffin-Lim
 (the codec's vocoder without quantization: its ceiling), and codec resynthesis (encode -> decode), plus
-`--truncate` variants that keep only the first codebooks of the same codec.
+`--truncate` variants that keep only the first codebooks of the same codec (and, with `--whole-signal-griffin-lim`,
+the codec's Griffin-Lim run over each whole clip instead of in its streaming blocks).
 
     python benchmarks/codec_intelligibility.py --output /work/codec_run --cache /work/codec_cache --eval-sentences 0
     for v in kal ked slt; do
@@ -21,6 +22,7 @@ processes. Measured with 4x256 codes at 50 Hz (1.6 kbps), 50 held-out sentences 
 """
 
 import argparse
+import copy
 import hashlib
 import math
 import time
@@ -76,6 +78,11 @@ def main():
     parser.add_argument("--downsampling-factor", type=int, default=1)
     parser.add_argument("--quantizer-dropout", type=float, default=0.0)
     parser.add_argument("--truncate", default="", help="also score the codec cut to these codebook counts, e.g. 2,4")
+    parser.add_argument(
+        "--whole-signal-griffin-lim",
+        action="store_true",
+        help="also score the codec with Griffin-Lim over each whole clip, beside its streaming blocks",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,6 +123,10 @@ def main():
 
     bits = codec.num_codebooks * math.log2(codec.codebook_size) * codec.frame_rate
     variants = {f"codec {codec.num_codebooks}x{codec.codebook_size} ({bits / 1000:.1f} kbps)": codec}
+    if args.whole_signal_griffin_lim:
+        whole = copy.deepcopy(codec)
+        whole.config.griffin_lim_block_frames = None
+        variants[f"codec {codec.num_codebooks}x{codec.codebook_size}, Griffin-Lim over the whole clip"] = whole
     for count in [int(c) for c in args.truncate.split(",") if c]:
         cut = codec.truncated(count)
         variants[f"codec first {count} codebooks ({bits * count / codec.num_codebooks / 1000:.1f} kbps)"] = cut

@@ -226,6 +226,26 @@ def test_batch_of_different_lengths_equals_items_alone(model):
     assert torch.equal(padded, batch)
 
 
+@pytest.mark.parametrize("unit_rate, max_frames", [(25, None), (25, 17), (50, None)])
+def test_streamed_codes_equal_generate_for_the_same_seed(unit_rate, max_frames):
+    model = tiny_model(semantic_unit_rate=unit_rate)
+    units, prompt = random_units(23, 3).tolist(), random_codes(5, 2)
+    settings = dict(prompt_codes=prompt, seed=9, temperature=0.8, top_k=5, max_frames=max_frames)
+    whole = model.generate(units, **{**settings, "prompt_codes": prompt[None]})[0]
+    stream = model.stream(**settings)
+    chunks = [stream.push(units[start : start + 2]) for start in range(0, len(units), 2)]
+    early = sum(chunk.shape[-1] for chunk in chunks)
+    chunks.append(stream.finish())
+    assert torch.equal(torch.cat(chunks, dim=-1), whole)
+    assert 0 < early <= whole.shape[-1]  # frames came out before the units were finished
+    with pytest.raises(RuntimeError, match="finished"):
+        stream.push([1])
+    with pytest.raises(ValueError, match="no semantic units"):
+        model.stream().finish()
+    with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
+        model.stream().push([25])
+
+
 def test_seed_gives_reproducible_samples_without_touching_global_rng(model):
     units = random_units(8, 6)
     state = torch.get_rng_state()

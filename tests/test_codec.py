@@ -80,6 +80,34 @@ def test_interface_shapes_dtypes_and_range(codec):
     assert torch.equal(codec.decode(codes), audio), "decoding is deterministic (Griffin-Lim has a fixed seed)"
 
 
+@pytest.mark.parametrize("factor", [1, 2])
+def test_streamed_decoding_equals_decode(factor):
+    codec = tiny_codec(downsampling_factor=factor)
+    codes = codec.encode(chirps(2, seconds=2.0, seed=3))
+    whole = codec.decode(codes)
+    stream = codec.decode_stream()
+    chunks = [stream.push(codes[..., start : start + 3]) for start in range(0, codes.shape[-1], 3)]
+    early = sum(chunk.shape[-1] for chunk in chunks)
+    chunks.append(stream.finish())
+    assert torch.equal(torch.cat(chunks, dim=-1), whole)
+    assert 0 < early < whole.shape[-1]  # audio came out before the last codes
+
+
+def test_griffin_lim_in_blocks_sounds_like_one_pass(codec):
+    """The streaming blocks recover a spectrogram about as well as one pass over the whole signal."""
+    log_mel = codec.features(chirps(1, seconds=3.0, seed=4))
+
+    def spectral_error(waveform):
+        return (codec.features(waveform)[..., 2:-2] - log_mel[..., 2:-2]).abs().mean()
+
+    whole = codec.features.invert(log_mel, iterations=32)
+    blocks = codec.features.invert(log_mel, iterations=32, block_frames=40, first_block_frames=8)
+    assert blocks.shape == whole.shape == (1, (log_mel.shape[-1] - 1) * 320)
+    assert spectral_error(blocks) < 1.25 * spectral_error(whole)
+    silence = torch.zeros_like(blocks)
+    assert spectral_error(blocks) < 0.5 * spectral_error(silence)
+
+
 def test_downsampling_halves_the_frame_rate():
     codec = tiny_codec(downsampling_factor=2)
     codes = codec.encode(chirps(1))
@@ -203,6 +231,8 @@ def test_bad_codes_are_clear_errors(codec, codes, message):
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(num_codebooks=0), "num_codebooks=0 must be positive"),
         (dict(quantizer_dropout=2.0), "quantizer_dropout"),
+        (dict(griffin_lim_block_frames=1), "griffin_lim_block_frames=1 must be at least 2"),
+        (dict(griffin_lim_first_block_frames=0), "griffin_lim_first_block_frames=0"),
     ],
 )
 def test_bad_config_is_a_clear_error(setting, message):

@@ -45,6 +45,26 @@ def test_deduplicate_and_expand_round_trip():
         expand_units([1, 2], [3, 0])
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_timing_units_as_they_arrive_equals_timing_them_at_once(temperature):
+    from mole_llama.modeling.speech_stream import DurationStream
+
+    torch.manual_seed(0)
+    model = DurationPredictorModel(DurationPredictorConfig(num_units=12, hidden_size=16, num_layers=2)).eval()
+    units = torch.randint(0, 12, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    whole = model.predict(units, temperature, generator=torch.Generator().manual_seed(3))
+    stream = DurationStream(model, temperature, 1.0, torch.Generator().manual_seed(3))
+    frames = []
+    for start in range(0, len(units), 3):
+        frames += stream.push(units[start : start + 3])
+    early = len(frames)
+    frames += stream.finish()
+    assert frames == expand_units(units, whole)
+    assert 0 < early < len(frames)  # timed before the last unit, but not the last lookahead units
+    if temperature == 0:  # a window times only its middle units, as the whole sequence does
+        assert model.predict(units, start=4, end=9) == whole[4:9]
+
+
 def test_tts_examples_can_speak_collapsed_units():
     rows = Dataset.from_list([{"text": "Hi there.", "semantic_units": [3, 3, 3, 5, 5, 3]}])
     full = tts_examples(rows)[0]["completion"][0]["content"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -70,6 +71,17 @@ def test_its_int8_llm_still_speaks_what_whisper_understands(folder):
     outputs = speaker(sentences, generate_kwargs={"do_sample": False, "seed": 0})
     heard = [transcribe(output["audio"], output["sampling_rate"]) for output in outputs]
     assert error_rates(sentences, heard)["wer"] < MAX_WER
+
+
+def test_it_streams_a_sentence_while_saying_it(folder):
+    """One held-out sentence is one piece: its audio comes in several chunks, and they join into `speak`'s audio."""
+    model = pipeline("text-to-speech", model=str(folder)).model
+    sentence = next(s for s in fortune_sentences() if is_held_out(s) and 40 <= len(s) <= 100)
+    assert len(model.plan_pieces(sentence)) == 1
+    chunks = list(model.stream(sentence, seed=5))
+    whole = model.speak(sentence, seed=5)
+    assert len(chunks) >= 3 and len(chunks[0]) < len(whole) / 3
+    assert torch.equal(torch.cat(chunks), whole)
 
 
 def test_synthesize_needs_no_model_argument(folder, tmp_path):

@@ -21,7 +21,7 @@ HELD_OUT_VOICES = ("flite_rms",)  # read only the test sentences: zero-shot voic
 PROFILES = {
     # corpus: training sentences per voice, held-out sentences; qa: training questions; then per-stage overrides
     "default": {
-        "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 200,
+        "train_sentences": 40, "test_sentences": 6, "qa_train": 48, "eval_sentences": 4, "eval_prompts": 60,
         "set": [
             "codec.training.max_steps=250", "duration_predictor.training.num_train_epochs=20",
             "acoustic_lm.training.num_train_epochs=3",
@@ -33,7 +33,7 @@ PROFILES = {
         ],
     },
     "tiny": {  # the suite's smoke profile: every step runs, nothing learns much
-        "train_sentences": 6, "test_sentences": 2, "qa_train": 8, "eval_sentences": 1, "eval_prompts": 200,
+        "train_sentences": 6, "test_sentences": 2, "qa_train": 8, "eval_sentences": 1, "eval_prompts": 8,
         "set": [
             "duration_predictor.training.max_steps=3", "codec.training.max_steps=4",
             "codec.training.per_device_train_batch_size=4", "acoustic_lm.training.max_steps=3",

@@ -44,6 +44,11 @@ class MelCodecConfig(PreTrainedConfig):
         kmeans_iterations (`int`, *optional*, defaults to 10):
             Lloyd iterations of the k-means that seeds each codebook from the first training batch.
         griffin_lim_iterations (`int`, *optional*, defaults to 32): Phase-recovery iterations of `decode`.
+        griffin_lim_block_frames (`int`, *optional*, defaults to 40):
+            Griffin-Lim recovers the phase block by block (cross-faded), so decoding can stream: the same audio
+            whether the codes come at once or a few frames at a time. `None` recovers a whole signal at once.
+        griffin_lim_first_block_frames (`int`, *optional*, defaults to 8):
+            The first block's frames: short, so streamed audio starts early.
     """
 
     model_type = "mel_codec"
@@ -66,6 +71,8 @@ class MelCodecConfig(PreTrainedConfig):
     quantizer_dropout: float = 0.0
     kmeans_iterations: int = 10
     griffin_lim_iterations: int = 32
+    griffin_lim_block_frames: int | None = 40
+    griffin_lim_first_block_frames: int | None = 8
 
     def __post_init__(self, **kwargs):
         self._check()
@@ -80,6 +87,12 @@ class MelCodecConfig(PreTrainedConfig):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.griffin_lim_block_frames is not None and self.griffin_lim_block_frames < 2:
+            raise ValueError(f"griffin_lim_block_frames={self.griffin_lim_block_frames} must be at least 2 (or None)")
+        if self.griffin_lim_first_block_frames is not None and self.griffin_lim_first_block_frames < 1:
+            raise ValueError(
+                f"griffin_lim_first_block_frames={self.griffin_lim_first_block_frames} must be at least 1 (or None)"
+            )
         if self.num_residual_layers < 0 or self.kmeans_iterations < 0:
             raise ValueError("num_residual_layers and kmeans_iterations cannot be negative")
         if self.codebook_size < 2:

@@ -298,9 +298,6 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             if target_codes is not None:
                 codes[row, :, prompt_width : prompt_width + length] = target_codes[row].to(device)
         first_column = torch.tensor([prompt_width - n for n in prompt_lengths], device=device)
-        conditioning = self.unit_embed(aligned_units) + self.phase_embed(phase)
-        for block in self.unit_context:
-            conditioning = block(conditioning, target_mask.to(conditioning.dtype))
         return {
             "codes": codes,
             "attention_mask": mask,
@@ -309,8 +306,21 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             "prompt_width": prompt_width,
             "frames": frames,
             "lengths": torch.tensor(lengths, device=device),
-            "conditioning": conditioning + self.segment_embed.weight[TARGET_SEGMENT],
+            "conditioning": self._conditioning(aligned_units, phase, target_mask),
         }
+
+    def _conditioning(self, aligned_units: torch.LongTensor, phase: torch.LongTensor, target_mask) -> torch.Tensor:
+        """Per-frame conditioning `[batch, frames, hidden]`: the aligned units and their phases, mixed over
+        neighbouring frames (`unit_context_lookahead` each way); frames outside `target_mask` are zero to the mix."""
+        conditioning = self.unit_embed(aligned_units) + self.phase_embed(phase)
+        for block in self.unit_context:
+            conditioning = block(conditioning, target_mask.to(conditioning.dtype))
+        return conditioning + self.segment_embed.weight[TARGET_SEGMENT]
+
+    @property
+    def unit_context_lookahead(self) -> int:
+        """Frames past a frame that its conditioning depends on (as many before it)."""
+        return self.config.unit_context_layers * (self.config.unit_context_kernel_size // 2)
 
     def _code_offsets(self, num_codebooks: int, device) -> torch.LongTensor:
         """Row offset of each codebook in the flattened code tables, shaped to broadcast over `[b, k, n]`."""
@@ -443,6 +453,54 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------------- generate
 
+    def _sampler(self, temperature, top_k, top_p, do_sample: bool, generators: list):
+        """The function that picks each codebook's codes from its logits `[batch, codebook_size]`."""
+        if do_sample:
+            if temperature is None or temperature <= 0:
+                raise ValueError(f"temperature={temperature} must be positive; for greedy decoding use do_sample=False")
+            if top_k is not None and top_k < 1:
+                raise ValueError(f"top_k={top_k} must be at least 1 (or None to keep every code)")
+            if top_p is not None and not 0 < top_p <= 1:
+                raise ValueError(f"top_p={top_p} must lie in (0, 1] (or None to keep every code)")
+        warpers = LogitsProcessorList()
+        if do_sample and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if do_sample and top_k is not None:
+            warpers.append(TopKLogitsWarper(top_k=top_k))
+        if do_sample and top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=top_p))
+
+        def choose(logits: torch.Tensor) -> torch.LongTensor:
+            logits = logits.float()
+            if not do_sample:
+                return logits.argmax(dim=-1)
+            probabilities = warpers(None, logits).softmax(dim=-1)
+            if len(generators) == 1:
+                return torch.multinomial(probabilities, 1, generator=generators[0]).squeeze(-1)
+            return torch.cat([torch.multinomial(row[None], 1, generator=generator)[0]
+                              for row, generator in zip(probabilities, generators)])  # fmt: skip
+
+        return choose
+
+    def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose) -> torch.LongTensor:
+        """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`."""
+        hidden = self.model(
+            inputs_embeds=inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
+        ).last_hidden_state[:, -1]
+        lower = torch.zeros_like(hidden)
+        codes = []
+        for codebook in range(self.config.num_codebooks):
+            codes.append(choose(self._head_logits(hidden, codebook, lower)))
+            if codebook < self.config.num_codebooks - 1:
+                lower = lower + self.depth_embed(codes[-1] + codebook * self.config.codebook_size)
+        return torch.stack(codes, dim=1)
+
+    def stream(self, prompt_codes=None, max_frames=None, temperature: float = 1.0, top_k=None, top_p=None,
+               do_sample: bool = True, seed=None) -> "AcousticCodeStream":  # fmt: skip
+        """`generate` for one item whose units arrive a few at a time (`push`, then `finish`): codes come out as
+        soon as the units their frames hear are known, the same codes `generate` gives for the same seed."""
+        return AcousticCodeStream(self, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed)
+
     @torch.no_grad()
     def generate(
         self,
@@ -491,32 +549,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             lengths = [min(length, max_frames) for length in lengths]
         for index, (prompt, length) in enumerate(zip(prompts, lengths)):
             self._check_length(prompt.shape[1], length, index)
-        if do_sample:
-            if temperature is None or temperature <= 0:
-                raise ValueError(f"temperature={temperature} must be positive; for greedy decoding use do_sample=False")
-            if top_k is not None and top_k < 1:
-                raise ValueError(f"top_k={top_k} must be at least 1 (or None to keep every code)")
-            if top_p is not None and not 0 < top_p <= 1:
-                raise ValueError(f"top_p={top_p} must lie in (0, 1] (or None to keep every code)")
-        warpers = LogitsProcessorList()
-        if do_sample and temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
-        if do_sample and top_k is not None:
-            warpers.append(TopKLogitsWarper(top_k=top_k))
-        if do_sample and top_p is not None and top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p=top_p))
-        generators = self._generators(seed, len(units))
-
-        def choose(logits: torch.Tensor) -> torch.LongTensor:
-            logits = logits.float()
-            if not do_sample:
-                return logits.argmax(dim=-1)
-            probabilities = warpers(None, logits).softmax(dim=-1)
-            if len(generators) == 1:
-                return torch.multinomial(probabilities, 1, generator=generators[0]).squeeze(-1)
-            return torch.cat([torch.multinomial(row[None], 1, generator=generator)[0]
-                              for row, generator in zip(probabilities, generators)])  # fmt: skip
-
+        choose = self._sampler(temperature, top_k, top_p, do_sample, self._generators(seed, len(units)))
         layout = self._layout(units, prompts, lengths)
         prompt_width, frames = layout["prompt_width"], layout["frames"]
         inputs = self._input_embeddings(layout)[:, : prompt_width + 1]
@@ -527,19 +560,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         batch_size, num_codebooks = len(units), self.config.num_codebooks
         codes = torch.full((batch_size, num_codebooks, frames), PAD_CODE, dtype=torch.long, device=self.device)
         for frame in range(frames):
-            hidden = self.model(
-                inputs_embeds=inputs,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1]
-            lower = torch.zeros_like(hidden)
-            for codebook in range(num_codebooks):
-                code = choose(self._head_logits(hidden, codebook, lower))
-                codes[:, codebook, frame] = code
-                if codebook < num_codebooks - 1:
-                    lower = lower + self.depth_embed(code + codebook * self.config.codebook_size)
+            codes[:, :, frame] = self._generate_frame(inputs, attention_mask, position_ids, cache, choose)
             if frame + 1 < frames:
                 inputs = (
                     layout["conditioning"][:, frame + 1] + self.embed_frame_codes(codes[:, :, frame : frame + 1])[:, 0]
@@ -553,6 +574,107 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         return codes
 
 
+class AcousticCodeStream:
+    """One item's acoustic codes, made while its frame-level semantic units are still arriving.
+
+    A frame is generated once every unit its conditioning hears is known (`unit_context_lookahead` frames past it),
+    or the units are finished; the decoder, the KV cache, the sampler and the seed are `generate`'s, so the codes
+    are those `generate` gives the whole sequence with the same seed. Make one with `model.stream(...)`.
+    """
+
+    def __init__(self, model, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed):
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames={max_frames} must be at least 1 (or None for the length of the units)")
+        self.model, self.max_frames = model, max_frames
+        self.prompt = model._prepare_prompts(None if prompt_codes is None else [prompt_codes], None, 1)[0]
+        self.choose = model._sampler(temperature, top_k, top_p, do_sample, model._generators(seed, 1))
+        self.units = []
+        self.conditioning = None  # [1, frames conditioned so far, hidden]
+        self.generated = 0
+        self.step = None  # the next decoder input, mask and positions, and the cache
+        self.finished = False
+
+    @torch.no_grad()
+    def push(self, units) -> torch.LongTensor:
+        """Add frame-level units (a sequence of ints); returns the new codes `[num_codebooks, frames]`."""
+        if self.finished:
+            raise RuntimeError("this acoustic code stream is finished: start a new one for new units")
+        units = [int(unit) for unit in units]
+        if units:
+            self.model._check_units([torch.tensor(units)])
+        self.units += units
+        return self._advance()
+
+    @torch.no_grad()
+    def finish(self) -> torch.LongTensor:
+        """The remaining codes `[num_codebooks, frames]`, once every unit has been pushed."""
+        if not self.units:
+            raise ValueError("no semantic units were pushed: give at least one unit")
+        self.finished = True
+        return self._advance()
+
+    def _frames_heard(self) -> int:
+        """Frames whose aligned unit is known."""
+        count = len(self.units)
+        unit_index, _ = self.model.align_units(self.model.num_frames(count) + 2)
+        return int((unit_index < count).sum())
+
+    def _advance(self) -> torch.LongTensor:
+        model = self.model
+        heard = self._frames_heard()
+        total = None  # the item's frame count, once known
+        if self.finished:
+            total = model.num_frames(len(self.units))
+            total = total if self.max_frames is None else min(total, self.max_frames)
+        elif self.max_frames is not None and heard >= self.max_frames:
+            total = self.max_frames
+        ready = total if total is not None else max(0, heard - model.unit_context_lookahead)
+        model._check_length(self.prompt.shape[1], ready, 0)
+        self._condition(ready, total if total is not None else heard)
+        codes = []
+        while self.generated < ready:
+            codes.append(self._generate_frame())
+        if not codes:
+            return torch.zeros(model.config.num_codebooks, 0, dtype=torch.long, device=model.device)
+        return torch.stack(codes, dim=-1)[0]
+
+    def _condition(self, ready: int, known: int) -> None:
+        """Extend the conditioning to frames `[.., ready)`, from a window of the `known` frames around them."""
+        done = 0 if self.conditioning is None else self.conditioning.shape[1]
+        if ready <= done:
+            return
+        model, device = self.model, self.model.device
+        start = max(0, done - model.unit_context_lookahead)
+        unit_index, phase = model.align_units(known, device=device)
+        aligned = torch.tensor(self.units, device=device)[unit_index.clamp(max=len(self.units) - 1)]
+        mask = torch.ones(1, known - start, 1, device=device)
+        window = model._conditioning(aligned[None, start:], phase[None, start:], mask)
+        new = window[:, done - start : ready - start]
+        self.conditioning = new if self.conditioning is None else torch.cat([self.conditioning, new], dim=1)
+
+    def _generate_frame(self) -> torch.LongTensor:
+        """The next frame's codes `[1, num_codebooks]`, as `generate`'s loop makes them."""
+        model, frame = self.model, self.generated
+        if frame == 0:  # the voice prompt and the first frame in one pass, as `generate` starts
+            layout = model._layout([torch.tensor(self.units)], [self.prompt], [1])
+            layout["conditioning"] = self.conditioning[:, :1]
+            width = layout["prompt_width"]
+            inputs = model._input_embeddings(layout)[:, : width + 1]
+            attention_mask = layout["attention_mask"][:, : width + 1].clone()
+            attention_mask[:, -1] = 1
+            position_ids = layout["position_ids"][:, : width + 1]
+            cache = DynamicCache(config=model.model.config)
+        else:
+            previous, attention_mask, position_ids, cache = self.step
+            inputs = (self.conditioning[:, frame] + model.embed_frame_codes(previous[..., None])[:, 0])[:, None]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(1, 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+        codes = model._generate_frame(inputs, attention_mask, position_ids, cache, self.choose)
+        self.step = (codes, attention_mask, position_ids, cache)
+        self.generated += 1
+        return codes
+
+
 # Saving copies this file and its configuration beside the weights (see `save_pretrained` for the auto_map).
 AcousticLMConfig.register_for_auto_class()
 AcousticLMForConditionalGeneration.register_for_auto_class("AutoModel")
@@ -561,6 +683,7 @@ __all__ = [
     "PAD_CODE",
     "AcousticLMOutput",
     "AcousticLMGenerateOutput",
+    "AcousticCodeStream",
     "AcousticLMPreTrainedModel",
     "AcousticLMForConditionalGeneration",
 ]

@@ -72,6 +72,12 @@ class DurationPredictorModel(PreTrainedModel):
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @property
+    def lookahead(self) -> int:
+        """Units past a unit that its duration depends on (as many before it): the convolutions reach that far, so a
+        unit's duration is final once that many later units are known (streaming)."""
+        return self.config.num_layers * (self.config.kernel_size // 2)
+
     def _check_units(self, units: torch.Tensor, mask: torch.Tensor) -> None:
         if units.dim() != 2:
             raise ValueError(f"units must be (batch, units), got shape {tuple(units.shape)}")
@@ -100,9 +106,13 @@ class DurationPredictorModel(PreTrainedModel):
         return DurationPredictorOutput(loss=loss, log_duration_mean=mean, log_duration_log_std=log_std)
 
     @torch.no_grad()
-    def predict(self, units, temperature: float = 0.0, speed: float = 1.0, generator=None) -> list:
+    def predict(self, units, temperature: float = 0.0, speed: float = 1.0, generator=None, start: int = 0,
+                end: int | None = None) -> list:  # fmt: skip
         """Frames for each unit of one sequence (a list of ints): the median duration at `temperature` 0, else a
-        draw with the predicted spread times `temperature`; `speed` > 1 speaks faster (durations divided by it)."""
+        draw with the predicted spread times `temperature`; `speed` > 1 speaks faster (durations divided by it).
+
+        Only `units[start:end]` are timed, the rest being context they hear (streaming times a window at a time).
+        The draws are made one unit at a time, so timing a sequence window by window draws the same noise."""
         if not speed > 0 or speed != speed:
             raise ValueError(f"speed={speed}: give a positive factor (1.0 = as trained, 1.2 = 20% faster)")
         if temperature < 0:
@@ -111,10 +121,11 @@ class DurationPredictorModel(PreTrainedModel):
         if units.shape[1] == 0:
             raise ValueError("no units to time: give at least one unit")
         output = self(units)
-        log_duration = output.log_duration_mean[0]
-        if temperature > 0:
-            noise = torch.randn(log_duration.shape, generator=generator, device="cpu").to(log_duration.device)
-            log_duration = log_duration + temperature * output.log_duration_log_std[0].exp() * noise
+        log_duration = output.log_duration_mean[0, start:end]
+        if temperature > 0 and len(log_duration):
+            noise = torch.cat([torch.randn(1, generator=generator) for _ in range(len(log_duration))])
+            spread = output.log_duration_log_std[0, start:end].exp()
+            log_duration = log_duration + temperature * spread * noise.to(log_duration.device)
         frames = (log_duration.exp() / speed).round().clamp(1, self.config.max_duration)
         return [int(frame) for frame in frames]
 

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .audio_features import LogMelSpectrogram
+from .audio_features import GriffinLimStream, LogMelSpectrogram
 from .configuration_mel_codec import MelCodecConfig
 
 REMOTE_CODE_AUTO_MAP = {
@@ -36,6 +36,10 @@ REMOTE_CODE_AUTO_MAP = {
 }
 SILENCE_PEAK = 1e-4  # -80 dBFS: a waveform whose peak stays below this holds nothing to encode
 MAX_PEAK = 2.0  # float audio lives in [-1, 1]; a peak far above it is integer PCM or a wrong scale
+MEL_DECODE_FIRST_BLOCK_FRAMES, MEL_DECODE_BLOCK_FRAMES = 4, 32
+"""Code frames `decode` turns into log-mel at a time, each block from a window reaching the decoder's lookahead
+around it: the first block small, so streamed audio starts early, and each next one twice as long up to the last
+size, so the windows' overlap costs little."""
 
 
 @dataclass
@@ -291,7 +295,20 @@ class MelCodecModel(MelCodecPreTrainedModel):
     @torch.no_grad()
     def decode(self, codes: torch.LongTensor) -> torch.FloatTensor:
         """`codes (batch, num_codebooks, frames)` -> `waveform (batch, samples)` in [-1, 1], by Griffin-Lim."""
-        return self.log_mel_to_waveform(self.decode_log_mel(codes))
+        stream = self.decode_stream()
+        return torch.cat([stream.push(codes), stream.finish()], dim=-1)
+
+    def decode_stream(self) -> "MelCodecDecodeStream":
+        """A decoder fed codes a few frames at a time (`push`, then `finish`), giving audio as it becomes final:
+        together the same samples as `decode` of all the codes."""
+        return MelCodecDecodeStream(self)
+
+    @property
+    def decoder_lookahead(self) -> int:
+        """Code frames past a frame that its log-mel depends on: the decoder's convolutions reach that far."""
+        config = self.config
+        reach = sum(2 ** (i % 4) for i in range(config.num_residual_layers)) * (config.kernel_size // 2) + 2
+        return 1 + math.ceil(reach / config.downsampling_factor)
 
     @torch.no_grad()
     def decode_log_mel(self, codes: torch.LongTensor) -> torch.FloatTensor:
@@ -301,8 +318,14 @@ class MelCodecModel(MelCodecPreTrainedModel):
 
     @torch.no_grad()
     def log_mel_to_waveform(self, log_mel: torch.Tensor) -> torch.FloatTensor:
-        """The vocoder alone: Griffin-Lim with `config.griffin_lim_iterations` (deterministic: fixed seed)."""
-        return self.features.invert(log_mel.float(), iterations=self.config.griffin_lim_iterations)
+        """The vocoder alone: Griffin-Lim with `config.griffin_lim_iterations` (deterministic: fixed seed), in the
+        config's blocks."""
+        return self.features.invert(log_mel.float(), **self._griffin_lim_settings())
+
+    def _griffin_lim_settings(self) -> dict:
+        config = self.config
+        return {"iterations": config.griffin_lim_iterations, "block_frames": config.griffin_lim_block_frames,
+                "first_block_frames": config.griffin_lim_first_block_frames}  # fmt: skip
 
     def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
         return (log_mel - self.mel_mean[:, None]) / self.mel_std[:, None]
@@ -376,6 +399,60 @@ class MelCodecModel(MelCodecPreTrainedModel):
         if codes.shape[2] * self.config.downsampling_factor < 2:
             raise ValueError(f"codes of shape {tuple(codes.shape)} are too short: Griffin-Lim needs 2 log-mel frames")
         return codes.to(device=self.mel_mean.device)
+
+
+class MelCodecDecodeStream:
+    """`MelCodecModel.decode` for codes that arrive a few frames at a time, giving audio as it becomes final.
+
+    The log-mel is decoded in fixed blocks of code frames (`MEL_DECODE_FIRST_BLOCK_FRAMES`, doubling up to
+    `MEL_DECODE_BLOCK_FRAMES`), each from a window reaching `decoder_lookahead` frames past it on both sides, once
+    those codes are known; the block Griffin-Lim (`GriffinLimStream`) takes it from there. The blocks and windows
+    depend on the frame positions only, not on how the codes arrive, so the samples are exactly `decode`'s (float
+    results can change with a window's length, so the windows are fixed).
+    """
+
+    def __init__(self, codec: MelCodecModel):
+        self.codec = codec
+        self.vocoder = GriffinLimStream(codec.features, **codec._griffin_lim_settings())
+        self.codes = None
+        self.done = 0  # code frames whose log-mel went to the vocoder
+        self.blocks_done = 0
+
+    @torch.no_grad()
+    def push(self, codes: torch.LongTensor) -> torch.FloatTensor:
+        """Add code frames `(batch, num_codebooks, frames)`; returns the samples `(batch, samples)` now final."""
+        config = self.codec.config
+        codes = check_codes(codes, config.num_codebooks, config.codebook_size).to(self.codec.mel_mean.device)
+        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+        pieces = []
+        while self._block_end() + self.codec.decoder_lookahead <= self.codes.shape[-1]:
+            pieces.append(self._decode_block(self._block_end()))
+        return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.codes.shape[0], 0)
+
+    @torch.no_grad()
+    def finish(self) -> torch.FloatTensor:
+        """The remaining samples, once every code frame has been pushed."""
+        if self.codes is None:
+            raise ValueError("no code frames were pushed: give at least one frame")
+        if self.codes.shape[-1] * self.codec.config.downsampling_factor < 2:
+            raise ValueError(f"{self.codes.shape[-1]} code frame(s) are too short: Griffin-Lim needs 2 log-mel frames")
+        pieces = []
+        while self.done < self.codes.shape[-1]:
+            pieces.append(self._decode_block(min(self._block_end(), self.codes.shape[-1])))
+        return torch.cat(pieces + [self.vocoder.finish()], dim=-1)
+
+    def _block_end(self) -> int:
+        return self.done + min(MEL_DECODE_BLOCK_FRAMES, MEL_DECODE_FIRST_BLOCK_FRAMES * 2**self.blocks_done)
+
+    def _decode_block(self, end: int) -> torch.Tensor:
+        """Decode code frames `[done, end)` from the window around them and pass their log-mel to the vocoder."""
+        lookahead, factor = self.codec.decoder_lookahead, self.codec.config.downsampling_factor
+        start = max(0, self.done - lookahead)
+        log_mel = self.codec.decode_log_mel(self.codes[..., start : end + lookahead])
+        samples = self.vocoder.push(log_mel[..., (self.done - start) * factor : (end - start) * factor])
+        self.done = end
+        self.blocks_done += 1
+        return samples
 
 
 # Input checks shared by the codecs (acoustic_codec.py imports them): the errors name the problem and the fix.

@@ -12,18 +12,22 @@ Self-contained (torch, transformers, huggingface_hub and sibling files) for `tru
 
 import logging
 import math
+import queue
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
 
 from .acoustic_codec import load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import MoLELlamaForCausalLM
+from .speech_stream import PieceSpeechStream, hold_short_codes, warn_frames_cut
 from .speech_units import (
     SPEECH_END,
     TTS_INSTRUCTION,
@@ -38,7 +42,10 @@ from .spoken_form import spoken_form
 
 TEXT_TO_WAVEFORM_AUTO_MAP = {"AutoModelForTextToWaveform": "modeling_tts_llama.MoLELlamaForTextToWaveform"}
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
-MAX_CHUNK_WORDS = 30
+CLAUSE_END = re.compile(r"(?<=,)\s+")
+MAX_PIECE_WORDS = 12
+"""The most words spoken in one piece: the longest sentences the speech expert read in training (fortunes of 5-12
+words). Longer pieces drift (benchmarks/piece_length_intelligibility.py measures it)."""
 UNITS_PER_CHARACTER_CAP, UNITS_CAP_MARGIN = 1.5, 16
 """Collapsed units the LLM may speak for a text: measured 0.72 per character (median), 1.0 at most, on 4,601
 training sentences; without this cap a model that misses its end marker runs to max_new_tokens."""
@@ -50,7 +57,6 @@ SPEAKING_BATCH_SIZE = 8
 """Pieces spoken at once: one left-padded LLM generation and one acoustic LM pass per batch."""
 PROGRESS_MIN_PIECES = 4
 PAUSE_SECONDS = 0.15
-MIN_DECODE_FRAMES = 2
 MIN_VOICE_SECONDS = 1.0
 SPEECH_GENERATION_DEFAULTS = {"acoustic_temperature": 0.4, "acoustic_top_k": 10, "acoustic_do_sample": True,
                               "duration_temperature": 0.0, "speed": 1.0}  # fmt: skip
@@ -94,16 +100,25 @@ def check_speaking_kwargs(kwargs: dict) -> None:
             raise ValueError(f"{name}={kwargs[name]!r}: give True or False")
 
 
-def split_text(text: str) -> list:
-    """Sentences of `text`, long ones cut at commas or every `MAX_CHUNK_WORDS` words, so each piece stays short."""
+def split_text(text: str, max_words: int = MAX_PIECE_WORDS) -> list:
+    """Sentences of `text`; one of more than `max_words` words is cut at its commas into pieces of whole clauses,
+    and a clause still longer into near-equal parts, so each piece is as long as what the speech expert read."""
     pieces = []
     for sentence in SENTENCE_END.split(text.strip()):
-        words = sentence.split()
-        while len(words) > MAX_CHUNK_WORDS:
-            pieces.append(" ".join(words[:MAX_CHUNK_WORDS]))
-            words = words[MAX_CHUNK_WORDS:]
-        if words:
-            pieces.append(" ".join(words))
+        piece = []
+        for clause in CLAUSE_END.split(sentence) if len(sentence.split()) > max_words else [sentence]:
+            words = clause.split()
+            if piece and len(piece) + len(words) > max_words:
+                pieces.append(" ".join(piece))
+                piece = []
+            parts = math.ceil(len(words) / max_words)
+            size = math.ceil(len(words) / max(parts, 1))
+            while len(words) > max_words:
+                pieces.append(" ".join(words[:size]))
+                words = words[size:]
+            piece += words
+        if piece:
+            pieces.append(" ".join(piece))
     return pieces
 
 
@@ -316,14 +331,33 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         return codec.encode(torch.from_numpy(waveform)[None])[0]
 
     def stream(self, text: str, voice=None, seed=None, **kwargs):
-        """Speak `text` piece by piece, yielding each piece's audio (1-D float tensors, the pause after it included)
-        as soon as it is made; joined, the chunks equal `generate`'s audio for the same seed."""
+        """Speak `text`, yielding its audio in chunks (1-D float tensors) as soon as they are final: within a piece
+        a few units after the LLM says them (`PieceSpeechStream`), and a pause between pieces. Joined, the chunks
+        equal `generate`'s audio for the same seed. The LLM runs in a worker thread that also makes the audio, so
+        the work is the same as `speak`'s, only ordered for an early start."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
         first_seed = piece_seed_base(seed, reseed_llm=True)
         for index, piece in enumerate(pieces):
-            wave = self.speak_batch([piece], [first_seed + index], prompt_codes, **kwargs)[0]
-            yield wave if index == len(pieces) - 1 else torch.cat([wave, self._pause(wave.dtype)])
+            yield from self._stream_piece(piece, first_seed + index, prompt_codes, **kwargs)
+            if index < len(pieces) - 1:
+                yield self._pause(torch.float32)
+
+    def _stream_piece(self, piece: str, seed: int, prompt_codes, **kwargs):
+        settings = {key: self.speech_setting(key, kwargs) for key in SPEECH_KEYS}
+        speech = PieceSpeechStream(self, prompt_codes, seed, self.frame_cap(piece, **kwargs), settings)
+        streamer = _UnitStreamer(self.speech_ids, speech)
+        worker = threading.Thread(target=streamer.run, args=(self.speech_token_rows, [piece]), kwargs=kwargs)
+        worker.start()
+        try:
+            while (chunk := streamer.chunks.get()) is not _UnitStreamer.DONE:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if len(chunk):
+                    yield chunk
+        finally:
+            streamer.cancelled = True  # a consumer that stops early ends the generation at its next token
+            worker.join()
 
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
@@ -419,9 +453,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         so each list equals what the text gets alone (greedy decoding; sampling draws from one stream)."""
         return [self.speech_ids.token_ids_to_units(row) for row in self.speech_token_rows(texts, **kwargs)]
 
-    def speech_token_rows(self, texts: list, **kwargs) -> list:
+    def speech_token_rows(self, texts: list, streamer=None, **kwargs) -> list:
         """The tokens the LLM generates after each text's start marker (constrained to units and the end marker),
-        cut at the text's units cap."""
+        cut at the text's units cap; `streamer` (transformers' streamer interface) sees them as they come."""
         prompts = [self._prompt_ids(text) for text in texts]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.speech_ids.end
         input_ids, attention_mask = pad_token_ids(prompts, pad_id, side="left")
@@ -434,6 +468,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(self.speech_ids)]),
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
+            streamer=streamer,
             **llm_kwargs,
         )
         return [row[:cap] for row, cap in zip(generated[:, input_ids.shape[1] :], caps)]
@@ -453,13 +488,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             )
             frames = expand_units(units, durations)
         if max_frames is not None and len(frames) > max_frames:
-            logger.warning(
-                "the units' durations come to %d frames, more than the text's cap of %d (an undertrained duration "
-                "predictor?): the speech is cut at %.1f s",
-                len(frames),
-                max_frames,
-                max_frames / self.acoustic_lm.config.acoustic_frame_rate,
-            )
+            warn_frames_cut(len(frames), max_frames, self.acoustic_lm.config.acoustic_frame_rate)
             frames = frames[:max_frames]
         return frames
 
@@ -484,12 +513,54 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                 enumerate(output.lengths)]  # fmt: skip
 
     def _decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        """One piece's codes -> its waveform; a piece of a single frame (a model that said one unit) is held for a
-        second frame, the least a vocoder's frames overlap into sound."""
-        if codes.shape[-1] < MIN_DECODE_FRAMES:
-            logger.warning("the piece is %d acoustic frame(s) long: held to %d", codes.shape[-1], MIN_DECODE_FRAMES)
-            codes = torch.cat([codes] + [codes[:, :, -1:]] * (MIN_DECODE_FRAMES - codes.shape[-1]), dim=-1)
-        return self.codec.decode(codes)[0].float().clamp(-1, 1).cpu()
+        """One piece's codes -> its waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
+        return self.codec.decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
+
+
+class _UnitStreamer(BaseStreamer):
+    """Receives the LLM's tokens during `generate` (in the worker thread) and turns each unit into audio at once,
+    queueing the chunks (then `DONE`, or the exception that stopped it) for the thread that yields them."""
+
+    DONE = object()
+
+    def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream):
+        self.speech_ids, self.speech = speech_ids, speech
+        self.chunks = queue.Queue()
+        self.prompt_seen = self.ended = self.cancelled = False
+        self.said = 0
+
+    def run(self, generate_rows, texts: list, **kwargs) -> None:
+        try:
+            generate_rows(texts, streamer=self, **kwargs)
+            if self.said == 0:
+                raise NoSpeechUnitsError(f"the model produced no speech units for {texts[0]!r}")
+            self.chunks.put(self.speech.finish())
+            self.chunks.put(self.DONE)
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            self.chunks.put(error)
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.cancelled:
+            raise _Cancelled
+        if not self.prompt_seen:  # generate's first call carries the prompt
+            self.prompt_seen = True
+            return
+        tokens = [int(token) for token in value.reshape(-1)]
+        if self.ended or not tokens:
+            return
+        if tokens[0] == self.speech_ids.end:
+            self.ended = True
+            return
+        units = self.speech_ids.token_ids_to_units(tokens)
+        self.said += len(units)
+        self.chunks.put(self.speech.push(units))
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(Exception):
+    """Raised inside `generate` to stop it when the consumer of a stream has gone."""
 
 
 def piece_seed_base(seed, reseed_llm: bool = False) -> int:
