@@ -369,3 +369,10 @@ def test_speech_sampling_defaults_live_in_the_saved_generation_config(tts_dir):
     model.generation_config.acoustic_do_sample = False  # greedy codes (and greedy units): the seed no longer matters
     assert torch.equal(model.speak("Hello.", seed=1), model.speak("Hello.", seed=2))
     assert not torch.equal(model.speak("Hello.", seed=1), model.speak("Hello.", seed=1, acoustic_do_sample=True))
+
+
+def test_spoken_answers_need_a_learned_router(tts_dir, tmp_path):
+    from mole_llama.evaluation.evaluate import evaluate_speech
+
+    with pytest.raises(ValueError, match="no learned router: spoken answers need a MoLE-Llama"):
+        evaluate_speech(tts_dir, None, tmp_path, qa={"known": []})  # refused before the corpus is read

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from .common import parse_named_folder
 
+SHIPPED_MODELS = ("tts-llama", "mole-llama")
+
 
 def cmd_evaluate(args) -> None:
     from datasets import load_from_disk
@@ -23,21 +25,29 @@ def cmd_evaluate_speech(args) -> None:
     from datasets import load_from_disk
 
     from ..evaluation.evaluate import evaluate_speech
-    from ..evaluation.report import intelligibility_table
+    from ..evaluation.report import intelligibility_table, spoken_answers_table
 
-    model = args.tts
-    if not model:
+    model = args.tts or "tts-llama"
+    if model in SHIPPED_MODELS and not Path(model).is_dir():
         from ..embedded import embedded_model_path
 
-        model = embedded_model_path("tts-llama")
-    metrics = evaluate_speech(model, load_from_disk(args.corpus), args.out, args.sentences, args.seed)
+        model = embedded_model_path(model)
+    qa = load_from_disk(args.qa) if args.qa else None
+    metrics = evaluate_speech(model, load_from_disk(args.corpus), args.out, args.sentences, args.seed, qa, args.answers)
     voices = ", ".join(metrics["settings"]["voices"])
     report = Path(args.out) / "REPORT.md"
+    answers = ""
+    if qa is not None:
+        answers = (
+            "\nText in, speech out: it answers known-answer questions in text, then says the answers; Whisper hears"
+            f" them:\n\n{spoken_answers_table(metrics['spoken_answers'], args.out)}\n"
+        )
     report.write_text(
         f"# Intelligibility of {model}\n\n{args.sentences} held-out sentences in every voice ({voices}); "
         f"Whisper tiny.en, pocketsphinx as a second opinion; clips in audio/.\n\n"
         + intelligibility_table(metrics["intelligibility"])
         + "\n"
+        + answers
     )
     print(report)
 
@@ -61,9 +71,12 @@ def add_commands(commands) -> None:
     command.set_defaults(run=cmd_evaluate)
 
     command = commands.add_parser("evaluate-speech", help="intelligibility of one speaking model -> REPORT.md")
-    command.add_argument("--tts", help="speaking model folder (default: the shipped TTS-Llama)")
+    command.add_argument("--tts", help="speaking model folder, or tts-llama / mole-llama for a shipped one "
+                         "(default: the shipped TTS-Llama)")  # fmt: skip
     command.add_argument("--corpus", required=True, help="speech corpus folder (build-corpus): its test split")
     command.add_argument("--out", required=True, help="where metrics.json, REPORT.md and WAVs go")
     command.add_argument("--sentences", type=int, default=8, help="held-out sentences to speak (in every voice)")
+    command.add_argument("--qa", help="QA folder (build-qa): a MoLE-Llama also answers its known questions aloud")
+    command.add_argument("--answers", type=int, default=3, help="with --qa: known-answer questions answered aloud")
     command.add_argument("--seed", type=int, default=0)
     command.set_defaults(run=cmd_evaluate_speech)

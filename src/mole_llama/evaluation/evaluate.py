@@ -153,21 +153,32 @@ def evaluate_models(
 __all__ = ["evaluate_models", "held_out_speech_examples"]
 
 
-def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int = 0) -> dict:
-    """Intelligibility of one speaking folder alone (no QA data needed): the corpus's held-out sentences in every
-    voice, held-out voices included, next to the ground truth; clips under `out_dir/audio/`, numbers in
+def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int = 0, qa=None,
+                    num_spoken_answers: int = 3) -> dict:  # fmt: skip
+    """Intelligibility of one speaking folder alone: the corpus's held-out sentences in every voice, held-out voices
+    included, next to the ground truth; with `qa` (build-qa data) and a MoLE-Llama with its learned router, also its
+    spoken answers to the first known-answer questions. Clips under `out_dir/audio/`, numbers in
     `out_dir/metrics.json`."""
-    from .speech import ground_truth_intelligibility, held_out_sentences, synthesized_intelligibility
+    from .speech import ground_truth_intelligibility, held_out_sentences, spoken_answers, synthesized_intelligibility
 
     out_dir = Path(out_dir)
+    speaker = _load_speaking(tts_dir)
+    if qa is not None and getattr(speaker.config, "routing", "") is not None:
+        raise ValueError(f"{tts_dir} has no learned router: spoken answers need a MoLE-Llama that routes by itself")
     test, references = held_out_sentences(corpus, num_sentences)
     truth, _ = ground_truth_intelligibility(test, out_dir / "audio/gt")
-    rates, clips = synthesized_intelligibility(_load_speaking(tts_dir), test, references, out_dir / "audio/tts", seed)
+    rates, clips = synthesized_intelligibility(speaker, test, references, out_dir / "audio/tts", seed)
     metrics = {
         "settings": {"sentences": num_sentences, "voices": sorted(set(test["voice"])), "seed": seed},
         "intelligibility": {"ground truth": truth, "TTS-Llama": rates},
         "clips": {"TTS-Llama": clips},
     }
+    if qa is not None:
+        known = qa["known"].select(range(min(num_spoken_answers, len(qa["known"]))))
+        metrics["spoken_answers"] = spoken_answers(
+            speaker, speaker.tokenizer, known["question"], references[sorted(references)[0]],
+            out_dir / "audio/answers", seed=seed,
+        )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics

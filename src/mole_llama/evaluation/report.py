@@ -202,6 +202,23 @@ def claims(metrics: dict) -> list:
     ]  # fmt: skip
 
 
+def relative_to(path, out_dir) -> str:
+    """A clip's path as the report in `out_dir` links it."""
+    path, out_dir = Path(path), Path(out_dir)
+    return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
+
+
+def spoken_answers_table(rows: list, out_dir) -> str:
+    """The spoken answers (`evaluation.speech.spoken_answers`) as a Markdown table, clips relative to `out_dir`."""
+    header = "| question | text answer | heard (Whisper tiny.en) | WER | pocketsphinx WER | audio |\n"
+    header += "|---|---|---|---:|---:|---|"
+    return header + "".join(
+        f"\n| {table_cell(r['question'])} | {table_cell(r['answer'])} | {table_cell(r['transcript'])} | "
+        f"{r['wer']:.2f} | {r['wer_pocketsphinx']:.2f} | [wav]({relative_to(r['path'], out_dir)}) |"
+        for r in rows
+    )
+
+
 def write_report(metrics: dict, out_dir, training_runs: dict | None = None, header: str = "") -> Path:
     """Write `out_dir/REPORT.md` and its plots (`out_dir/plots/`); clip paths in it are relative to `out_dir`."""
     out_dir = Path(out_dir)
@@ -231,10 +248,6 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
     if losses:
         figures.append(("Training loss curves", losses))  # fmt: skip
 
-    def relative(path) -> str:
-        path = Path(path)
-        return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
-
     settings = metrics["settings"]
     parts = [
         "# mole-llama report",
@@ -251,23 +264,20 @@ def write_report(metrics: dict, out_dir, training_runs: dict | None = None, head
         "## Router accuracy (MoLE-Llama, learned routing)",
         routing_table(metrics["routing"]),
         "## Text in, speech out (MoLE-Llama)",
-        "| question | text answer | heard (Whisper tiny.en) | WER | pocketsphinx WER | audio |\n"
-        "|---|---|---|---:|---:|---|"
-        + "".join(f"\n| {table_cell(r['question'])} | {table_cell(r['answer'])} | {table_cell(r['transcript'])} | "
-                  f"{r['wer']:.2f} | {r['wer_pocketsphinx']:.2f} | [wav]({relative(r['path'])}) |"
-                  for r in metrics["spoken_answers"]),
+        spoken_answers_table(metrics["spoken_answers"], out_dir),
         "## Samples",
         "\n".join(
-            f"- {name}: " + ", ".join(f"[{row['voice']} {i // len(settings['voices'])}]({relative(row['path'])})"
+            f"- {name}: " + ", ".join(f"[{row['voice']} {i // len(settings['voices'])}]"
+                                      f"({relative_to(row['path'], out_dir)})"
                                       for i, row in enumerate(rows[: 2 * len(settings["voices"])]))
             for name, rows in metrics["clips"].items()
         ),
         "## Plots",
-        "\n\n".join(f"### {title}\n![{title}]({relative(path)})" for title, path in figures),
+        "\n\n".join(f"### {title}\n![{title}]({relative_to(path, out_dir)})" for title, path in figures),
     ]  # fmt: skip
     report = out_dir / "REPORT.md"
     report.write_text("\n\n".join(part for part in parts if part) + "\n")
     return report
 
 
-__all__ = ["claims", "plot_losses", "training_losses", "write_report"]
+__all__ = ["claims", "plot_losses", "spoken_answers_table", "training_losses", "write_report"]
