@@ -298,6 +298,15 @@ def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
     assert torch.equal(torch.cat(chunks), whole)
 
 
+def test_a_codec_without_a_streaming_decoder_streams_whole_pieces(tts_dir, monkeypatch):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    monkeypatch.setattr(model.codec, "decode_stream", None, raising=False)  # as EnCodec's adapter has none
+    text = "One short sentence. And a second one!"
+    chunks = list(model.stream(text, seed=3))
+    assert len(chunks) == 3  # a piece, the pause, a piece
+    assert torch.equal(torch.cat(chunks), model.speak(text, seed=3))
+
+
 def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkeypatch):
     speaker = pipeline("text-to-speech", model=str(tts_dir))
     monkeypatch.setattr(speaker.model, "speech_units_batch", _never_called)

@@ -3,7 +3,10 @@
 The interface, met by `MelCodecModel` (embedded) and `EncodecAcousticCodec` (paper scale):
     attributes `sampling_rate: int`, `frame_rate: float`, `num_codebooks: int`, `codebook_size: int`;
     `encode(waveform: FloatTensor[batch, samples]) -> LongTensor[batch, num_codebooks, frames]`;
-    `decode(codes: LongTensor[batch, num_codebooks, frames]) -> FloatTensor[batch, samples]` in [-1, 1].
+    `decode(codes: LongTensor[batch, num_codebooks, frames]) -> FloatTensor[batch, samples]` in [-1, 1];
+    optionally `decode_stream()`, a decoder fed codes a few frames at a time (`push(codes)`, `finish()`) whose
+    samples join into `decode`'s: the mel codec has one, so speech streams within a sentence; with EnCodec a
+    streamed sentence comes whole.
 The acoustic LM and the pipeline only see this, so the codec is chosen by the saved `codec/` folder alone.
 
 Self-contained (torch, transformers and sibling files only), so saved model folders can carry it for

@@ -295,7 +295,7 @@ class MelCodecModel(MelCodecPreTrainedModel):
     @torch.no_grad()
     def decode(self, codes: torch.LongTensor) -> torch.FloatTensor:
         """`codes (batch, num_codebooks, frames)` -> `waveform (batch, samples)` in [-1, 1], by Griffin-Lim."""
-        stream = self.decode_stream()
+        stream = MelCodecDecodeStream(self)
         return torch.cat([stream.push(codes), stream.finish()], dim=-1)
 
     def decode_stream(self) -> "MelCodecDecodeStream":

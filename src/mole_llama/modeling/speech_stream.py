@@ -91,7 +91,8 @@ class PieceSpeechStream:
             do_sample=settings["acoustic_do_sample"],
             seed=seed,
         )
-        self.decoder = model.codec.decode_stream() if hasattr(model.codec, "decode_stream") else None
+        decode_stream = getattr(model.codec, "decode_stream", None)  # EnCodec has none: its piece comes at the end
+        self.decoder = decode_stream() if callable(decode_stream) else None
         self.codec = model.codec
         self.codes = []  # all codes so far: a codec without a streaming decoder decodes them at the end
         self.frames = 0
