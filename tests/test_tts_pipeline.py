@@ -383,5 +383,5 @@ def test_speech_sampling_defaults_live_in_the_saved_generation_config(tts_dir):
 def test_spoken_answers_need_a_learned_router(tts_dir, tmp_path):
     from mole_llama.evaluation.evaluate import evaluate_speech
 
-    with pytest.raises(ValueError, match="no learned router: spoken answers need a MoLE-Llama"):
+    with pytest.raises(ValueError, match="forces routing='speech': give a MoLE-Llama with its learned router"):
         evaluate_speech(tts_dir, None, tmp_path, qa={"known": []})  # refused before the corpus is read

@@ -4,8 +4,6 @@ from pathlib import Path
 
 from .common import parse_named_folder
 
-SHIPPED_MODELS = ("tts-llama", "mole-llama")
-
 
 def cmd_evaluate(args) -> None:
     from datasets import load_from_disk
@@ -24,13 +22,12 @@ def cmd_evaluate(args) -> None:
 def cmd_evaluate_speech(args) -> None:
     from datasets import load_from_disk
 
+    from ..embedded import MODELS, embedded_model_path
     from ..evaluation.evaluate import evaluate_speech
     from ..evaluation.report import intelligibility_table, spoken_answers_table
 
     model = args.tts or "tts-llama"
-    if model in SHIPPED_MODELS and not Path(model).is_dir():
-        from ..embedded import embedded_model_path
-
+    if model in MODELS and not Path(model).is_dir():
         model = embedded_model_path(model)
     qa = load_from_disk(args.qa) if args.qa else None
     metrics = evaluate_speech(model, load_from_disk(args.corpus), args.out, args.sentences, args.seed, qa, args.answers)

@@ -20,6 +20,12 @@ logger = logging.get_logger(__name__)
 METRICS_FILE = "metrics.json"
 
 
+def check_learned_routing(model, folder) -> None:
+    """Text answers, and routing figures, need a MoLE-Llama that routes by itself, not one forced to an expert."""
+    if model.config.routing is not None:
+        raise ValueError(f"{folder} forces routing={model.config.routing!r}: give a MoLE-Llama with its learned router")
+
+
 def _load_speaking(folder):
     return AutoModelForTextToWaveform.from_pretrained(str(folder), dtype=torch.float32).eval()
 
@@ -85,10 +91,7 @@ def evaluate_models(
     speakers = {"TTS-Llama": _load_speaking(tts_dir), "MoLE-Llama": _load_speaking(mole_dir)}
     tts, mole = speakers["TTS-Llama"], speakers["MoLE-Llama"]  # one load each: text goes through `generate_text`
     tokenizer, mole_tokenizer = tts.tokenizer, mole.tokenizer
-    if mole.config.routing is not None:
-        raise ValueError(
-            f"{mole_dir} forces routing={mole.config.routing!r}: give a MoLE-Llama with its learned router"
-        )
+    check_learned_routing(mole, mole_dir)
 
     metrics = {"settings": {"sentences": len(sentences), "voices": sorted(set(test["voice"])),
                             "prompts": num_prompts, "seed": seed}}  # fmt: skip
@@ -163,8 +166,8 @@ def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int 
 
     out_dir = Path(out_dir)
     speaker = _load_speaking(tts_dir)
-    if qa is not None and getattr(speaker.config, "routing", "") is not None:
-        raise ValueError(f"{tts_dir} has no learned router: spoken answers need a MoLE-Llama that routes by itself")
+    if qa is not None:
+        check_learned_routing(speaker, tts_dir)
     test, references = held_out_sentences(corpus, num_sentences)
     truth, _ = ground_truth_intelligibility(test, out_dir / "audio/gt")
     rates, clips = synthesized_intelligibility(speaker, test, references, out_dir / "audio/tts", seed)

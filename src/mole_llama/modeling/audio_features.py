@@ -16,6 +16,12 @@ past is longer (it starts from the phases found there before, which measured clo
 signal); the lookahead is what streaming waits for, so it is short."""
 
 
+def doubling_block_end(start: int, index: int, first: int, largest: int) -> int:
+    """Where block `index` (starting at frame `start`) ends when blocks are `first` frames long, then twice as long
+    each, up to `largest`: streamed audio starts early, and the blocks' overlap costs little later."""
+    return start + min(largest, first * 2**index)
+
+
 class LogMelSpectrogram(nn.Module):
     """`waveform (batch, samples)` -> `log-mel (batch, n_mels, frames)`, one frame per `hop_length` samples.
 
@@ -106,7 +112,7 @@ class GriffinLimStream:
         later block takes about as long to make as the audio before it lasts."""
         if self.block_frames is None:
             return math.inf
-        return start + min(self.block_frames, self.first_block_frames * 2**self.blocks_done)
+        return doubling_block_end(start, self.blocks_done, self.first_block_frames, self.block_frames)
 
     def push(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Add final log-mel frames `(batch, n_mels, frames)`; returns the samples `(batch, samples)` now final."""

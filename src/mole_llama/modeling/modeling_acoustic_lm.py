@@ -482,6 +482,19 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
         return choose
 
+    def _first_step(self, layout: dict) -> tuple:
+        """The first decoder input (the voice prompt and the first frame in one pass), its mask and positions."""
+        width = layout["prompt_width"]
+        attention_mask = layout["attention_mask"][:, : width + 1].clone()
+        attention_mask[:, -1] = 1
+        return self._input_embeddings(layout)[:, : width + 1], attention_mask, layout["position_ids"][:, : width + 1]
+
+    def _next_step(self, conditioning, previous_codes, attention_mask, position_ids) -> tuple:
+        """The next frame's decoder input from its conditioning `[b, hidden]` and the codes `[b, K]` just made."""
+        inputs = (conditioning + self.embed_frame_codes(previous_codes[..., None])[:, 0])[:, None]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        return inputs, attention_mask, position_ids[:, -1:] + 1
+
     def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose) -> torch.LongTensor:
         """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`."""
         hidden = self.model(
@@ -551,22 +564,17 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             self._check_length(prompt.shape[1], length, index)
         choose = self._sampler(temperature, top_k, top_p, do_sample, self._generators(seed, len(units)))
         layout = self._layout(units, prompts, lengths)
-        prompt_width, frames = layout["prompt_width"], layout["frames"]
-        inputs = self._input_embeddings(layout)[:, : prompt_width + 1]
-        attention_mask = layout["attention_mask"][:, : prompt_width + 1].clone()
-        attention_mask[:, -1] = 1
-        position_ids = layout["position_ids"][:, : prompt_width + 1]
+        frames = layout["frames"]
+        inputs, attention_mask, position_ids = self._first_step(layout)
         cache = DynamicCache(config=self.model.config)
         batch_size, num_codebooks = len(units), self.config.num_codebooks
         codes = torch.full((batch_size, num_codebooks, frames), PAD_CODE, dtype=torch.long, device=self.device)
         for frame in range(frames):
             codes[:, :, frame] = self._generate_frame(inputs, attention_mask, position_ids, cache, choose)
             if frame + 1 < frames:
-                inputs = (
-                    layout["conditioning"][:, frame + 1] + self.embed_frame_codes(codes[:, :, frame : frame + 1])[:, 0]
-                )[:, None]
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
-                position_ids = position_ids[:, -1:] + 1
+                inputs, attention_mask, position_ids = self._next_step(
+                    layout["conditioning"][:, frame + 1], codes[:, :, frame], attention_mask, position_ids
+                )
         past_end = torch.arange(frames, device=self.device)[None, :] >= layout["lengths"][:, None]
         codes = codes.masked_fill(past_end[:, None, :], PAD_CODE)
         if return_dict_in_generate:
@@ -658,17 +666,13 @@ class AcousticCodeStream:
         if frame == 0:  # the voice prompt and the first frame in one pass, as `generate` starts
             layout = model._layout([torch.tensor(self.units)], [self.prompt], [1])
             layout["conditioning"] = self.conditioning[:, :1]
-            width = layout["prompt_width"]
-            inputs = model._input_embeddings(layout)[:, : width + 1]
-            attention_mask = layout["attention_mask"][:, : width + 1].clone()
-            attention_mask[:, -1] = 1
-            position_ids = layout["position_ids"][:, : width + 1]
+            inputs, attention_mask, position_ids = model._first_step(layout)
             cache = DynamicCache(config=model.model.config)
         else:
             previous, attention_mask, position_ids, cache = self.step
-            inputs = (self.conditioning[:, frame] + model.embed_frame_codes(previous[..., None])[:, 0])[:, None]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(1, 1)], dim=1)
-            position_ids = position_ids[:, -1:] + 1
+            inputs, attention_mask, position_ids = model._next_step(
+                self.conditioning[:, frame], previous, attention_mask, position_ids
+            )
         codes = model._generate_frame(inputs, attention_mask, position_ids, cache, self.choose)
         self.step = (codes, attention_mask, position_ids, cache)
         self.generated += 1

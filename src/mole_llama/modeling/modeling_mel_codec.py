@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .audio_features import GriffinLimStream, LogMelSpectrogram
+from .audio_features import GriffinLimStream, LogMelSpectrogram, doubling_block_end
 from .configuration_mel_codec import MelCodecConfig
 
 REMOTE_CODE_AUTO_MAP = {
@@ -306,9 +306,10 @@ class MelCodecModel(MelCodecPreTrainedModel):
     @property
     def decoder_lookahead(self) -> int:
         """Code frames past a frame that its log-mel depends on: the decoder's convolutions reach that far."""
-        config = self.config
-        reach = sum(2 ** (i % 4) for i in range(config.num_residual_layers)) * (config.kernel_size // 2) + 2
-        return 1 + math.ceil(reach / config.downsampling_factor)
+        decoder = self.decoder
+        after_upsampling = [block.conv for block in decoder.blocks] + [decoder.conv_out]  # at the log-mel rate
+        reach = sum(conv.dilation[0] * (conv.kernel_size[0] // 2) for conv in after_upsampling)
+        return decoder.conv_in.kernel_size[0] // 2 + math.ceil(reach / self.config.downsampling_factor)
 
     @torch.no_grad()
     def decode_log_mel(self, codes: torch.LongTensor) -> torch.FloatTensor:
@@ -442,7 +443,7 @@ class MelCodecDecodeStream:
         return torch.cat(pieces + [self.vocoder.finish()], dim=-1)
 
     def _block_end(self) -> int:
-        return self.done + min(MEL_DECODE_BLOCK_FRAMES, MEL_DECODE_FIRST_BLOCK_FRAMES * 2**self.blocks_done)
+        return doubling_block_end(self.done, self.blocks_done, MEL_DECODE_FIRST_BLOCK_FRAMES, MEL_DECODE_BLOCK_FRAMES)
 
     def _decode_block(self, end: int) -> torch.Tensor:
         """Decode code frames `[done, end)` from the window around them and pass their log-mel to the vocoder."""

@@ -545,15 +545,14 @@ class _UnitStreamer(BaseStreamer):
         if not self.prompt_seen:  # generate's first call carries the prompt
             self.prompt_seen = True
             return
-        tokens = [int(token) for token in value.reshape(-1)]
-        if self.ended or not tokens:
+        if self.ended:
             return
-        if tokens[0] == self.speech_ids.end:
-            self.ended = True
-            return
-        units = self.speech_ids.token_ids_to_units(tokens)
-        self.said += len(units)
-        self.chunks.put(self.speech.push(units))
+        tokens = value.reshape(-1).tolist()
+        self.ended = self.speech_ids.end in tokens
+        units = self.speech_ids.token_ids_to_units(tokens)  # those before the end marker
+        if units:
+            self.said += len(units)
+            self.chunks.put(self.speech.push(units))
 
     def end(self) -> None:
         pass
