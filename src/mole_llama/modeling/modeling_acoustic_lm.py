@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LogitsProcessorList, PreTrainedModel, TemperatureLogitsWarper, TopKLogitsWarper
+from transformers import PreTrainedModel, TemperatureLogitsWarper, TopKLogitsWarper
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -462,7 +462,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
                 raise ValueError(f"top_k={top_k} must be at least 1 (or None to keep every code)")
             if top_p is not None and not 0 < top_p <= 1:
                 raise ValueError(f"top_p={top_p} must lie in (0, 1] (or None to keep every code)")
-        warpers = LogitsProcessorList()
+        warpers = []
         if do_sample and temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(temperature))
         if do_sample and top_k is not None:
@@ -474,7 +474,9 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             logits = logits.float()
             if not do_sample:
                 return logits.argmax(dim=-1)
-            probabilities = warpers(None, logits).softmax(dim=-1)
+            for warper in warpers:  # called one by one: the list's own call inspects each signature every time
+                logits = warper(None, logits)
+            probabilities = logits.softmax(dim=-1)
             if len(generators) == 1:
                 return torch.multinomial(probabilities, 1, generator=generators[0]).squeeze(-1)
             return torch.cat([torch.multinomial(row[None], 1, generator=generator)[0]
