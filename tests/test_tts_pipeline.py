@@ -298,6 +298,31 @@ def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
     assert torch.equal(torch.cat(chunks), whole)
 
 
+def test_an_int8_llm_streams_from_a_one_thread_worker_and_leaves_the_callers_threads(tts_dir, monkeypatch):
+    from mole_llama.conversion.int8 import quantize_llm_int8
+    from mole_llama.modeling.modeling_tts_llama import STREAM_INT8_WORKER_THREADS
+
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    generate_rows, threads_seen = model.speech_token_rows, []
+
+    def spy(*args, **kwargs):  # runs in the stream's worker thread
+        threads_seen.append(torch.get_num_threads())
+        return generate_rows(*args, **kwargs)
+
+    monkeypatch.setattr(model, "speech_token_rows", spy)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert list(model.stream("One short sentence.", seed=3))  # float32: the worker keeps torch's default
+        quantize_llm_int8(model)
+        chunks = list(model.stream("One short sentence.", seed=3))
+        assert torch.get_num_threads() == 2  # the caller's setting is its own
+    finally:
+        torch.set_num_threads(callers)
+    assert threads_seen[1] == STREAM_INT8_WORKER_THREADS
+    assert chunks and all(torch.isfinite(chunk).all() for chunk in chunks)
+
+
 def test_a_codec_without_a_streaming_decoder_streams_whole_pieces(tts_dir, monkeypatch):
     model = pipeline("text-to-speech", model=str(tts_dir)).model
     monkeypatch.setattr(model.codec, "decode_stream", None, raising=False)  # as EnCodec's adapter has none

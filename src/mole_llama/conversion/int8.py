@@ -18,10 +18,7 @@ import torch
 from torch import nn
 
 from ..modeling.configuration_mole_llama import NO_EXPERT
-from ..modeling.modeling_mole_llama import MoLELinear
-
-INT8_ATTRIBUTE = "int8_quantized"
-"""Set on a model quantized here: its `save_pretrained` refuses (the packed weights are not safetensors)."""
+from ..modeling.modeling_mole_llama import INT8_ATTRIBUTE, MoLELinear
 
 
 def _fold_forced_expert(model, expert: str) -> None:

@@ -76,6 +76,11 @@ def check_model_folder(name_or_path) -> None:
             ) from error
 
 
+INT8_ATTRIBUTE = "int8_quantized"
+"""Set on a model by `mole_llama.conversion.int8.quantize_llm_int8`: `save_pretrained` refuses it (the packed
+weights are not safetensors), and a stream's worker runs at one intra-op thread (`STREAM_INT8_WORKER_THREADS`)."""
+
+
 @dataclass
 class MoLECausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
@@ -358,7 +363,7 @@ class MoLELlamaPreTrainedModel(LlamaPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, with an `auto_map` naming every entry point so the folder loads through `AutoConfig`,
         `AutoModel` and `AutoModelForCausalLM` with `trust_remote_code=True` where mole_llama is not installed."""
-        if getattr(self, "int8_quantized", False):  # set by mole_llama.conversion.int8.quantize_llm_int8
+        if getattr(self, INT8_ATTRIBUTE, False):
             raise ValueError(
                 "an int8-quantized model cannot be saved (its packed weights are not safetensors): save the "
                 "float32 model, and quantize after loading"

@@ -26,7 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from .acoustic_codec import load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
-from .modeling_mole_llama import MoLELlamaForCausalLM
+from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
 from .speech_stream import PieceSpeechStream, hold_short_codes, warn_frames_cut
 from .speech_units import (
     SPEECH_END,
@@ -346,7 +346,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def _stream_piece(self, piece: str, seed: int, prompt_codes, **kwargs):
         settings = {key: self.speech_setting(key, kwargs) for key in SPEECH_KEYS}
         speech = PieceSpeechStream(self, prompt_codes, seed, self.frame_cap(piece, **kwargs), settings)
-        streamer = _UnitStreamer(self.speech_ids, speech)
+        worker_threads = STREAM_INT8_WORKER_THREADS if getattr(self, INT8_ATTRIBUTE, False) else None
+        streamer = _UnitStreamer(self.speech_ids, speech, worker_threads)
         worker = threading.Thread(target=streamer.run, args=(self.speech_token_rows, [piece]), kwargs=kwargs)
         worker.start()
         try:
@@ -517,20 +518,30 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         return self.codec.decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
 
 
+STREAM_INT8_WORKER_THREADS = 1
+"""Intra-op threads of a stream's worker thread for an int8 LLM (PyTorch's dynamically quantized linears): from a
+second thread at 2 threads they ran about half as fast as in the main thread here, at 1 thread about as fast
+(first streamed chunk 1.29 s -> 0.76 s, medians of 12, the speech parts at 1 thread too; a float32 LLM was slower
+at 1 thread, 1.43 -> 1.70 s, so it keeps torch's default)."""
+
+
 class _UnitStreamer(BaseStreamer):
     """Receives the LLM's tokens during `generate` (in the worker thread) and turns each unit into audio at once,
     queueing the chunks (then `DONE`, or the exception that stopped it) for the thread that yields them."""
 
     DONE = object()
 
-    def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream):
+    def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream, worker_threads: int | None = None):
         self.speech_ids, self.speech = speech_ids, speech
+        self.worker_threads = worker_threads  # the worker thread's intra-op threads (None: torch's default)
         self.chunks = queue.Queue()
         self.prompt_seen = self.ended = self.cancelled = False
         self.said = 0
 
     def run(self, generate_rows, texts: list, **kwargs) -> None:
         try:
+            if self.worker_threads is not None:  # OpenMP's setting is per thread: the caller's stays as it was
+                torch.set_num_threads(self.worker_threads)
             generate_rows(texts, streamer=self, **kwargs)
             if self.said == 0:
                 raise NoSpeechUnitsError(f"the model produced no speech units for {texts[0]!r}")
