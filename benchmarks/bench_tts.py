@@ -124,10 +124,18 @@ def main():
     print(f"{len(batch)} sentences: one batched call {batched:.1f} s, one call each {serial:.1f} s: "
           f"throughput x{serial / batched:.2f}")  # fmt: skip
 
-    tts_seconds = sum(timed(tts.speak, text, seed=seed)[1] for seed, text in enumerate(spoken))
-    mole_seconds = sum(timed(mole.speak, text, seed=seed)[1] for seed, text in enumerate(spoken))
-    print(f"MoLE-Llama speaking / TTS-Llama: {mole_seconds:.1f} s / {tts_seconds:.1f} s = "
-          f"x{mole_seconds / tts_seconds:.2f}")  # fmt: skip
+    speaking = {"TTS-Llama": [], "MoLE-Llama": []}  # per sentence: (seconds, audio seconds)
+    for seed, text in enumerate(spoken):  # round-robin, the order alternating, so drift hits both alike
+        order = [("TTS-Llama", tts), ("MoLE-Llama", mole)]
+        for name, model in order if seed % 2 == 0 else order[::-1]:
+            wave, seconds = timed(model.speak, text, seed=seed)
+            speaking[name].append((seconds, len(wave) / model.sampling_rate))
+    totals = {name: sum(seconds for seconds, _ in runs) for name, runs in speaking.items()}
+    factors = {name: statistics.median(s / audio for s, audio in runs) for name, runs in speaking.items()}
+    print(f"MoLE-Llama speaking / TTS-Llama, round-robin: total {totals['MoLE-Llama']:.1f} s / "
+          f"{totals['TTS-Llama']:.1f} s = x{totals['MoLE-Llama'] / totals['TTS-Llama']:.2f}; median real-time "
+          f"factor {factors['MoLE-Llama']:.3f} / {factors['TTS-Llama']:.3f} = "
+          f"x{factors['MoLE-Llama'] / factors['TTS-Llama']:.2f}")  # fmt: skip
 
     prompt = torch.tensor([tts._prompt_ids(one)])
     shipped = f"{mole.config.router_context} context, {'hard' if mole.config.hard_routing else 'soft'} (shipped)"
