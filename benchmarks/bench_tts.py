@@ -8,8 +8,8 @@
 - time to the first streamed chunk of a one-sentence text (median over the sentences, float32 and int8 LLM), beside
   the whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
-- MoLE-Llama speaking vs TTS-Llama (total time ratio on the same sentences), and per LLM token with the MoLE-Llama's
-  shipped routing and with soft routing.
+- MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
+  and per LLM token with the MoLE-Llama's shipped routing and with soft routing.
 
     python benchmarks/bench_tts.py [--sentences 8] [--batch 8] [--threads 2]
 """
