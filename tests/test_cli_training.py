@@ -15,6 +15,7 @@ import soundfile
 import torch
 import yaml
 from datasets import Audio, Dataset, DatasetDict
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -141,6 +142,17 @@ def test_resume_picks_up_the_latest_checkpoint(workspace, capsys):
     run("train-acoustic-lm", *common, "--resume")
     state = json.loads((out / "am" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4]
+
+    # --init-weights continues from a finished model's weights (at learning rate 0 they come out unchanged) ...
+    run("train-acoustic-lm", *common[:-1], out / "am_continued", "--init-weights", out / "am",
+        "--set", "acoustic_lm.training.max_steps=1", "--set", "acoustic_lm.training.learning_rate=0.0")  # fmt: skip
+    start, continued = (load_file(out / name / "model.safetensors") for name in ("am", "am_continued"))
+    assert start.keys() == continued.keys() and all(torch.equal(start[k], continued[k]) for k in start)
+    # ... and refuses one whose sizes are not the recipe's, naming the size
+    with pytest.raises(SystemExit):
+        run("train-acoustic-lm", *common[:-1], out / "am_wider", "--init-weights", out / "am",
+            "--set", "acoustic_lm.config.hidden_size=64")  # fmt: skip
+    assert "hidden_size: 32 there, 64 here" in capsys.readouterr().err
 
 
 def test_errors_name_the_fix(workspace, capsys):

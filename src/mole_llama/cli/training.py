@@ -50,7 +50,12 @@ def cmd_train_acoustic_lm(args) -> None:
         part_folder(recipe, args.codec, "codec"),
     )
     out = stage_folder(recipe, args.out, "acoustic_lm")
-    print(train_acoustic_lm_stage(recipe, dataset_of(args, recipe, "prepared"), units, codec, out, resume=args.resume))
+    print(
+        train_acoustic_lm_stage(
+            recipe, dataset_of(args, recipe, "prepared"), units, codec, out, resume=args.resume,
+            init_weights=args.init_weights,
+        )
+    )  # fmt: skip
 
 
 def cmd_train_duration(args) -> None:
@@ -126,6 +131,11 @@ def add_commands(commands) -> None:
     command = stage("train-acoustic-lm", "train the acoustic LM on a prepared dataset", cmd_train_acoustic_lm)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command.add_argument("--codec", help="folder of train-codec")
+    command.add_argument(
+        "--init-weights",
+        help="start from this acoustic LM's weights (e.g. src/mole_llama/embedded/weights/tts-llama/acoustic_lm) "
+        "to continue an earlier session's training",
+    )
     command = stage("train-duration", "train the duration predictor on a prepared dataset", cmd_train_duration)
     command.add_argument("--semantic-tokenizer", help="folder of fit-semantic-tokenizer")
     command = stage("train-tts", "train the speech expert (TTS-Llama) on a prepared dataset", cmd_train_tts)

@@ -141,8 +141,12 @@ def prepare_stage(recipe: dict, dataset, semantic_tokenizer_dir, codec_dir, out)
     return Path(out), report
 
 
-def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, codec_dir, out, resume=False) -> Path:
-    """Train the acoustic LM on a prepared dataset; sizes and rates come from the tokenizer and the codec."""
+def train_acoustic_lm_stage(
+    recipe: dict, prepared, semantic_tokenizer_dir, codec_dir, out, resume=False, init_weights=None
+) -> Path:
+    """Train the acoustic LM on a prepared dataset; sizes and rates come from the tokenizer and the codec.
+    `init_weights` (e.g. the shipped acoustic LM) continues an earlier session's training from that model's weights
+    (refused unless its architecture is the one the recipe, tokenizer and codec ask for); `resume` wins over it."""
     from ..modeling.acoustic_codec import load_acoustic_codec
     from ..modeling.configuration_acoustic_lm import AcousticLMConfig
     from ..modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
@@ -160,10 +164,27 @@ def train_acoustic_lm_stage(recipe: dict, prepared, semantic_tokenizer_dir, code
     )
     args = acoustic_training_arguments(recipe, checkpoints_dir(out))
     torch.manual_seed(args.seed)
-    model = AcousticLMForConditionalGeneration(config)
     resume_from = checkpoint_to_resume(args.output_dir, resume)
+    if init_weights is not None and not resume_from:
+        model = AcousticLMForConditionalGeneration.from_pretrained(init_weights, dtype=torch.float32)
+        _check_same_architecture(model.config, config, init_weights)
+    else:
+        model = AcousticLMForConditionalGeneration(config)
     train_acoustic_lm(model, prepared, args, resume_from_checkpoint=resume_from, save_dir=out)
     return Path(out)
+
+
+def _check_same_architecture(loaded, wanted, folder) -> None:
+    """Refuse a starting model whose sizes differ from the ones this training would build."""
+    ignored = {"architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "_name_or_path"}
+    have, want = loaded.to_dict(), wanted.to_dict()
+    differing = sorted(key for key in want.keys() - ignored if have.get(key) != want[key])
+    if differing:
+        details = ", ".join(f"{key}: {have.get(key)!r} there, {want[key]!r} here" for key in differing)
+        raise ValueError(
+            f"the model in {folder} cannot start this training, its architecture differs ({details}); "
+            "pass the semantic tokenizer, codec and recipe it was trained with, or leave out --init-weights"
+        )
 
 
 def train_duration_stage(recipe: dict, prepared, semantic_tokenizer_dir, out, resume=False) -> Path:
