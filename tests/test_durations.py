@@ -45,12 +45,13 @@ def test_deduplicate_and_expand_round_trip():
         expand_units([1, 2], [3, 0])
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_timing_units_as_they_arrive_equals_timing_them_at_once(temperature):
+@pytest.mark.parametrize("temperature, right_context", [(0.0, None), (1.0, None), (0.0, 1), (1.0, 0)])
+def test_timing_units_as_they_arrive_equals_timing_them_at_once(temperature, right_context):
     from mole_llama.modeling.speech_stream import DurationStream
 
     torch.manual_seed(0)
-    model = DurationPredictorModel(DurationPredictorConfig(num_units=12, hidden_size=16, num_layers=2)).eval()
+    config = DurationPredictorConfig(num_units=12, hidden_size=16, num_layers=2, right_context=right_context)
+    model = DurationPredictorModel(config).eval()
     units = torch.randint(0, 12, (30,), generator=torch.Generator().manual_seed(1)).tolist()
     whole = model.predict(units, temperature, generator=torch.Generator().manual_seed(3))
     stream = DurationStream(model, temperature, 1.0, torch.Generator().manual_seed(3))
@@ -60,9 +61,33 @@ def test_timing_units_as_they_arrive_equals_timing_them_at_once(temperature):
     early = len(frames)
     frames += stream.finish()
     assert frames == expand_units(units, whole)
-    assert 0 < early < len(frames)  # timed before the last unit, but not the last lookahead units
+    if model.lookahead:
+        assert 0 < early < len(frames)  # timed before the last unit, but not the last lookahead units
+    else:
+        assert early == len(frames)  # a predictor that reads no later unit times each unit as it arrives
     if temperature == 0:  # a window times only its middle units, as the whole sequence does
         assert model.predict(units, start=4, end=9) == whole[4:9]
+
+
+@pytest.mark.parametrize("right_context", [None, 0, 1, 4])
+def test_a_units_duration_hears_exactly_its_context(right_context):
+    """Changing one unit changes the durations of the units within the convolutions' reach of it, and no others:
+    `lookahead` later and `lookbehind` earlier units (a centred kernel by default)."""
+    torch.manual_seed(0)
+    config = DurationPredictorConfig(num_units=12, hidden_size=16, num_layers=2, right_context=right_context)
+    model = DurationPredictorModel(config).eval()
+    assert (model.lookahead, model.lookbehind) == {None: (4, 4), 0: (0, 8), 1: (2, 6), 4: (8, 0)}[right_context]
+    units = torch.randint(0, 12, (1, 30), generator=torch.Generator().manual_seed(1))
+    changed = units.clone()
+    changed[0, 15] = (units[0, 15] + 1) % 12
+    with torch.no_grad():
+        moved = (model(units).log_duration_mean != model(changed).log_duration_mean)[0].nonzero()[:, 0]
+    assert moved.tolist() == list(range(15 - model.lookahead, 16 + model.lookbehind))
+
+
+def test_a_right_context_outside_the_kernel_is_refused():
+    with pytest.raises(ValueError, match=r"right_context=5 must lie in \[0, kernel_size - 1 = 4\]"):
+        DurationPredictorConfig(kernel_size=5, right_context=5)
 
 
 def test_tts_examples_can_speak_collapsed_units():

@@ -23,9 +23,13 @@ class DurationPredictorConfig(PreTrainedConfig):
         hidden_size (`int`, *optional*, defaults to 192):
             Channels of the embeddings and convolutions.
         num_layers (`int`, *optional*, defaults to 3):
-            Convolution blocks; each unit hears `num_layers * (kernel_size - 1) / 2` neighbours on each side.
+            Convolution blocks; each unit hears `num_layers * right_context` later units and `num_layers *
+            (kernel_size - 1 - right_context)` earlier ones.
         kernel_size (`int`, *optional*, defaults to 5):
             Odd kernel width of the convolutions.
+        right_context (`int`, *optional*):
+            Later units each convolution reads, from 0 to `kernel_size - 1`; None centres the kernel
+            (`kernel_size // 2`). Fewer later units let a stream time a unit sooner after the LLM says it.
         dropout (`float`, *optional*, defaults to 0.1):
             Dropout after each block (training only).
         max_duration (`int`, *optional*, defaults to 100):
@@ -41,6 +45,7 @@ class DurationPredictorConfig(PreTrainedConfig):
     hidden_size: int = 192
     num_layers: int = 3
     kernel_size: int = 5
+    right_context: int | None = None
     dropout: int | float = 0.1
     max_duration: int = 100
     initializer_range: float = 0.02
@@ -54,9 +59,19 @@ class DurationPredictorConfig(PreTrainedConfig):
             raise ValueError(f"unit_rate={self.unit_rate} must be a positive number of frames per second")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size} must be a positive odd number, centred on the unit")
+        if self.right_context is not None and not 0 <= self.right_context < self.kernel_size:
+            raise ValueError(
+                f"right_context={self.right_context} must lie in [0, kernel_size - 1 = {self.kernel_size - 1}] "
+                "(or None for a centred kernel)"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
         super().__post_init__(**kwargs)
+
+    @property
+    def convolution_right_context(self) -> int:
+        """Later units one convolution reads (`right_context`, or half the kernel when it is None)."""
+        return self.kernel_size // 2 if self.right_context is None else self.right_context
 
 
 __all__ = ["DurationPredictorConfig"]

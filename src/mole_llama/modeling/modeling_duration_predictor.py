@@ -28,17 +28,20 @@ class DurationPredictorOutput(ModelOutput):
 
 
 class DurationConvBlock(nn.Module):
-    """Convolution over neighbouring units, ReLU, layer norm, dropout, with a residual path; padding stays zero."""
+    """Convolution over neighbouring units (`right_context` later ones, the rest of the kernel earlier ones), ReLU,
+    layer norm, dropout, with a residual path; padding stays zero."""
 
     def __init__(self, config: DurationPredictorConfig):
         super().__init__()
         size = config.hidden_size
-        self.conv = nn.Conv1d(size, size, config.kernel_size, padding=config.kernel_size // 2)
+        self.conv = nn.Conv1d(size, size, config.kernel_size)
+        right = config.convolution_right_context
+        self.padding = (config.kernel_size - 1 - right, right)
         self.norm = nn.LayerNorm(size)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        update = torch.relu(self.conv(states.transpose(1, 2))).transpose(1, 2)
+        update = torch.relu(self.conv(nn.functional.pad(states.transpose(1, 2), self.padding))).transpose(1, 2)
         return (states + self.dropout(self.norm(update))) * mask[..., None]
 
 
@@ -74,9 +77,14 @@ class DurationPredictorModel(PreTrainedModel):
 
     @property
     def lookahead(self) -> int:
-        """Units past a unit that its duration depends on (as many before it): the convolutions reach that far, so a
-        unit's duration is final once that many later units are known (streaming)."""
-        return self.config.num_layers * (self.config.kernel_size // 2)
+        """Units past a unit that its duration depends on: the convolutions reach that far, so a unit's duration is
+        final once that many later units are known (streaming)."""
+        return self.config.num_layers * self.config.convolution_right_context
+
+    @property
+    def lookbehind(self) -> int:
+        """Units before a unit that its duration depends on."""
+        return self.config.num_layers * (self.config.kernel_size - 1 - self.config.convolution_right_context)
 
     def _check_units(self, units: torch.Tensor, mask: torch.Tensor) -> None:
         if units.dim() != 2:

@@ -39,8 +39,8 @@ def hold_short_codes(codes: torch.LongTensor) -> torch.LongTensor:
 
 class DurationStream:
     """Durations for collapsed units that arrive a few at a time: a unit is timed once `predictor.lookahead` later
-    units are known (or the units are finished), from a window reaching that far back too, with the noise drawn
-    in the same order as `predict` on the whole sequence. Gives frame-level units."""
+    units are known (or the units are finished), from a window reaching `predictor.lookbehind` back, with the noise
+    drawn in the same order as `predict` on the whole sequence. Gives frame-level units."""
 
     def __init__(self, predictor, temperature: float, speed: float, generator=None):
         self.predictor, self.temperature, self.speed, self.generator = predictor, temperature, speed, generator
@@ -57,7 +57,7 @@ class DurationStream:
     def _time(self, end: int) -> list:
         if end <= self.timed:
             return []
-        start = max(0, self.timed - self.predictor.lookahead)
+        start = max(0, self.timed - self.predictor.lookbehind)
         window = self.units[start : end + self.predictor.lookahead]
         durations = self.predictor.predict(
             window, self.temperature, self.speed, self.generator, start=self.timed - start, end=end - start
