@@ -5,7 +5,8 @@ Trains `MelCodecModel` on festival speech of non-held-out fortune sentences (all
 loads one with `--codec`, then prints a Markdown table per voice for: the ground truth, log-mel -> Griffin-Lim
 (the codec's vocoder without quantization: its ceiling), and codec resynthesis (encode -> decode), plus
 `--truncate` variants that keep only the first codebooks of the same codec (and, with `--whole-signal-griffin-lim`,
-the codec's Griffin-Lim run over each whole clip instead of in its streaming blocks).
+the codec's Griffin-Lim run over each whole clip instead of in its streaming blocks; with `--decode-lookahead`, each
+log-mel block decoded from fewer later code frames than the decoder reaches, which lets a stream start sooner).
 
     python benchmarks/codec_intelligibility.py --output /work/codec_run --cache /work/codec_cache --eval-sentences 0
     for v in kal ked slt; do
@@ -83,6 +84,11 @@ def main():
         action="store_true",
         help="also score the codec with Griffin-Lim over each whole clip, beside its streaming blocks",
     )
+    parser.add_argument(
+        "--decode-lookahead", default="",
+        help="also score the codec decoding each block with only these later code frames (decode_lookahead_frames), "
+        "e.g. 4,8: the streaming latency setting",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,6 +133,10 @@ def main():
         whole = copy.deepcopy(codec)
         whole.config.griffin_lim_block_frames = None
         variants[f"codec {codec.num_codebooks}x{codec.codebook_size}, Griffin-Lim over the whole clip"] = whole
+    for frames in [int(f) for f in args.decode_lookahead.split(",") if f]:
+        shorter = copy.deepcopy(codec)
+        shorter.config.decode_lookahead_frames = frames
+        variants[f"codec {codec.num_codebooks}x{codec.codebook_size}, decoded with {frames} later frames"] = shorter
     for count in [int(c) for c in args.truncate.split(",") if c]:
         cut = codec.truncated(count)
         variants[f"codec first {count} codebooks ({bits * count / codec.num_codebooks / 1000:.1f} kbps)"] = cut

@@ -80,9 +80,19 @@ def test_interface_shapes_dtypes_and_range(codec):
     assert torch.equal(codec.decode(codes), audio), "decoding is deterministic (Griffin-Lim has a fixed seed)"
 
 
-@pytest.mark.parametrize("factor", [1, 2])
-def test_streamed_decoding_equals_decode(factor):
-    codec = tiny_codec(downsampling_factor=factor)
+def first_streamed_samples(codec, codes) -> tuple:
+    """The code frames pushed (one at a time) before a stream's first samples, and the joined stream."""
+    stream, chunks, first = codec.decode_stream(), [], None
+    for frame in range(codes.shape[-1]):
+        chunks.append(stream.push(codes[..., frame : frame + 1]))
+        if first is None and chunks[-1].shape[-1]:
+            first = frame + 1
+    return first, torch.cat(chunks + [stream.finish()], dim=-1)
+
+
+@pytest.mark.parametrize("factor, lookahead", [(1, None), (2, None), (1, 0), (2, 3)])
+def test_streamed_decoding_equals_decode(factor, lookahead):
+    codec = tiny_codec(downsampling_factor=factor, decode_lookahead_frames=lookahead)
     codes = codec.encode(chirps(2, seconds=2.0, seed=3))
     whole = codec.decode(codes)
     stream = codec.decode_stream()
@@ -91,6 +101,19 @@ def test_streamed_decoding_equals_decode(factor):
     chunks.append(stream.finish())
     assert torch.equal(torch.cat(chunks, dim=-1), whole)
     assert 0 < early < whole.shape[-1]  # audio came out before the last codes
+
+
+def test_a_shorter_decode_lookahead_streams_sooner_and_changes_only_a_little():
+    full, short = tiny_codec(), tiny_codec(decode_lookahead_frames=2)
+    assert full.decode_lookahead == full.decoder_lookahead > 2 and short.decode_lookahead == 2
+    codes = full.encode(chirps(1, seconds=2.0, seed=3))
+    (full_first, full_audio), (short_first, short_audio) = (first_streamed_samples(c, codes) for c in (full, short))
+    assert full_first - short_first == full.decoder_lookahead - 2  # the stream waits for fewer later frames
+    assert torch.equal(short_audio, short.decode(codes)) and not torch.equal(short_audio, full_audio)
+    log_mel = full.features(full_audio)
+    assert (full.features(short_audio) - log_mel).abs().mean() < 0.1 * log_mel.std()
+    with pytest.raises(ValueError, match="decode_lookahead_frames=-1 cannot be negative"):
+        MelCodecConfig(decode_lookahead_frames=-1)
 
 
 def test_griffin_lim_in_blocks_sounds_like_one_pass(codec):

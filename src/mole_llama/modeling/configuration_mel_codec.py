@@ -49,6 +49,11 @@ class MelCodecConfig(PreTrainedConfig):
             whether the codes come at once or a few frames at a time. `None` recovers a whole signal at once.
         griffin_lim_first_block_frames (`int`, *optional*, defaults to 8):
             The first block's frames: short, so streamed audio starts early.
+        decode_lookahead_frames (`int`, *optional*):
+            Later code frames each block of `decode` reads its log-mel from. None: the decoder's whole reach, so a
+            block's log-mel is the one a single pass over the clip gives; fewer let streamed audio start sooner, at
+            a small change of the log-mel near each block's end (the blocks are the same in `decode` and in a
+            stream, so both still give the same samples).
     """
 
     model_type = "mel_codec"
@@ -73,6 +78,7 @@ class MelCodecConfig(PreTrainedConfig):
     griffin_lim_iterations: int = 32
     griffin_lim_block_frames: int | None = 40
     griffin_lim_first_block_frames: int | None = 8
+    decode_lookahead_frames: int | None = None
 
     def __post_init__(self, **kwargs):
         self._check()
@@ -92,6 +98,10 @@ class MelCodecConfig(PreTrainedConfig):
         if self.griffin_lim_first_block_frames is not None and self.griffin_lim_first_block_frames < 1:
             raise ValueError(
                 f"griffin_lim_first_block_frames={self.griffin_lim_first_block_frames} must be at least 1 (or None)"
+            )
+        if self.decode_lookahead_frames is not None and self.decode_lookahead_frames < 0:
+            raise ValueError(
+                f"decode_lookahead_frames={self.decode_lookahead_frames} cannot be negative (None: the decoder's reach)"
             )
         if self.num_residual_layers < 0 or self.kmeans_iterations < 0:
             raise ValueError("num_residual_layers and kmeans_iterations cannot be negative")

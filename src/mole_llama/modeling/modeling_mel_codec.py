@@ -311,6 +311,13 @@ class MelCodecModel(MelCodecPreTrainedModel):
         reach = sum(conv.dilation[0] * (conv.kernel_size[0] // 2) for conv in after_upsampling)
         return decoder.conv_in.kernel_size[0] // 2 + math.ceil(reach / self.config.downsampling_factor)
 
+    @property
+    def decode_lookahead(self) -> int:
+        """Code frames past a block that `decode` and its stream read the block's log-mel from (the config's
+        `decode_lookahead_frames`, else the decoder's whole reach): what a stream waits for."""
+        chosen = self.config.decode_lookahead_frames
+        return self.decoder_lookahead if chosen is None else chosen
+
     @torch.no_grad()
     def decode_log_mel(self, codes: torch.LongTensor) -> torch.FloatTensor:
         """`codes (batch, num_codebooks, frames)` -> log-mel `(batch, n_mels, frames * downsampling_factor)`."""
@@ -406,10 +413,10 @@ class MelCodecDecodeStream:
     """`MelCodecModel.decode` for codes that arrive a few frames at a time, giving audio as it becomes final.
 
     The log-mel is decoded in fixed blocks of code frames (`MEL_DECODE_FIRST_BLOCK_FRAMES`, doubling up to
-    `MEL_DECODE_BLOCK_FRAMES`), each from a window reaching `decoder_lookahead` frames past it on both sides, once
-    those codes are known; the block Griffin-Lim (`GriffinLimStream`) takes it from there. The blocks and windows
-    depend on the frame positions only, not on how the codes arrive, so the samples are exactly `decode`'s (float
-    results can change with a window's length, so the windows are fixed).
+    `MEL_DECODE_BLOCK_FRAMES`), each from a window reaching `decoder_lookahead` frames before it and
+    `decode_lookahead` frames past it, once those codes are known; the block Griffin-Lim (`GriffinLimStream`) takes
+    it from there. The blocks and windows depend on the frame positions only, not on how the codes arrive, so the
+    samples are exactly `decode`'s (float results can change with a window's length, so the windows are fixed).
     """
 
     def __init__(self, codec: MelCodecModel):
@@ -426,7 +433,7 @@ class MelCodecDecodeStream:
         codes = check_codes(codes, config.num_codebooks, config.codebook_size).to(self.codec.mel_mean.device)
         self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
         pieces = []
-        while self._block_end() + self.codec.decoder_lookahead <= self.codes.shape[-1]:
+        while self._block_end() + self.codec.decode_lookahead <= self.codes.shape[-1]:
             pieces.append(self._decode_block(self._block_end()))
         return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.codes.shape[0], 0)
 
@@ -447,9 +454,9 @@ class MelCodecDecodeStream:
 
     def _decode_block(self, end: int) -> torch.Tensor:
         """Decode code frames `[done, end)` from the window around them and pass their log-mel to the vocoder."""
-        lookahead, factor = self.codec.decoder_lookahead, self.codec.config.downsampling_factor
-        start = max(0, self.done - lookahead)
-        log_mel = self.codec.decode_log_mel(self.codes[..., start : end + lookahead])
+        factor = self.codec.config.downsampling_factor
+        start = max(0, self.done - self.codec.decoder_lookahead)
+        log_mel = self.codec.decode_log_mel(self.codes[..., start : end + self.codec.decode_lookahead])
         samples = self.vocoder.push(log_mel[..., (self.done - start) * factor : (end - start) * factor])
         self.done = end
         self.blocks_done += 1
