@@ -69,9 +69,11 @@ class DurationPredictorConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @property
-    def convolution_right_context(self) -> int:
-        """Later units one convolution reads (`right_context`, or half the kernel when it is None)."""
-        return self.kernel_size // 2 if self.right_context is None else self.right_context
+    def convolution_context(self) -> tuple:
+        """(earlier, later) units one convolution reads: `right_context` later ones (half the kernel when it is
+        None), the rest of the kernel earlier ones."""
+        right = self.kernel_size // 2 if self.right_context is None else self.right_context
+        return self.kernel_size - 1 - right, right
 
 
 __all__ = ["DurationPredictorConfig"]

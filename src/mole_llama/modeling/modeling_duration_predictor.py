@@ -35,8 +35,7 @@ class DurationConvBlock(nn.Module):
         super().__init__()
         size = config.hidden_size
         self.conv = nn.Conv1d(size, size, config.kernel_size)
-        right = config.convolution_right_context
-        self.padding = (config.kernel_size - 1 - right, right)
+        self.padding = config.convolution_context  # zeros before and after, as many as the kernel reads there
         self.norm = nn.LayerNorm(size)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -79,12 +78,12 @@ class DurationPredictorModel(PreTrainedModel):
     def lookahead(self) -> int:
         """Units past a unit that its duration depends on: the convolutions reach that far, so a unit's duration is
         final once that many later units are known (streaming)."""
-        return self.config.num_layers * self.config.convolution_right_context
+        return self.config.num_layers * self.config.convolution_context[1]
 
     @property
     def lookbehind(self) -> int:
         """Units before a unit that its duration depends on."""
-        return self.config.num_layers * (self.config.kernel_size - 1 - self.config.convolution_right_context)
+        return self.config.num_layers * self.config.convolution_context[0]
 
     def _check_units(self, units: torch.Tensor, mask: torch.Tensor) -> None:
         if units.dim() != 2:
