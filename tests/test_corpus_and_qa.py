@@ -11,7 +11,8 @@ from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.data.audio import decode_audio, without_audio_decoding
 from mole_llama.embedded import corpus as corpus_module
 from mole_llama.embedded.corpus import build_speech_corpus, split_sentences
-from mole_llama.embedded.festival import is_held_out
+from mole_llama.embedded.festival import SENTENCE, is_held_out
+from mole_llama.embedded.number_sentences import number_sentences
 from mole_llama.embedded.qa import (
     build_qa_dataset,
     is_evaluation_question,
@@ -33,6 +34,24 @@ def test_sentence_splits_keep_held_out_sentences_apart():
         split_sentences(1, 1, ["bob"])
     with pytest.raises(ValueError, match="ask for fewer"):
         split_sentences(100_000, 1, ["kal"])
+
+
+def test_number_sentences_say_numbers_in_words_and_keep_the_fortunes_as_they_were():
+    sentences = number_sentences(200, exclude=is_held_out)
+    assert len(set(sentences)) == 200 and sentences == number_sentences(200, exclude=is_held_out)
+    assert all(SENTENCE.fullmatch(text) and not any(c.isdigit() for c in text) for text in sentences)
+    assert not any(is_held_out(text) for text in sentences)
+    words = {word.strip(".?,").lower() for text in sentences for word in text.split()}
+    assert {"plus", "equals", "thirteen", "seventeen", "hundred", "thousand"} <= words
+
+    plain = split_sentences(4, 2, ["kal", "ked"])
+    with_numbers = split_sentences(4, 2, ["kal", "ked"], num_number_sentences=3)
+    assert with_numbers["train"][:8] == plain["train"] and with_numbers["test"] == plain["test"]
+    added = with_numbers["train"][8:]
+    assert [voice for voice, _ in added] == ["kal", "ked"] * 3 and len({text for _, text in added}) == 6
+    assert all(text in number_sentences(6, exclude=is_held_out) for _, text in added)
+    with pytest.raises(ValueError, match="num_number_sentences=-1"):
+        split_sentences(1, 1, ["kal"], num_number_sentences=-1)
 
 
 def test_corpus_is_an_audio_dataset_cached_on_disk(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ def cmd_build_corpus(args) -> None:
     from ..embedded.corpus import build_speech_corpus
 
     corpus = build_speech_corpus(
-        args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed, args.held_out_voices
-    )
+        args.out, args.train, args.test, args.voices, args.workers, args.cache_dir, args.seed, args.held_out_voices,
+        args.number_sentences,
+    )  # fmt: skip
     print(", ".join(f"{name}: {len(split)} clips" for name, split in corpus.items()), file=sys.stderr)
     print(Path(args.out))
 
@@ -32,6 +33,10 @@ def add_commands(commands) -> None:
     command.add_argument("--out", required=True, help="output folder (a datasets DatasetDict: train, test)")
     command.add_argument("--train", type=int, default=200, help="training sentences per voice")
     command.add_argument("--test", type=int, default=10, help="held-out sentences (read in every voice)")
+    command.add_argument(
+        "--number-sentences", type=int, default=0,
+        help="training sentences with numbers per voice, beside the fortunes (counts, sums, prices, times, years)",
+    )  # fmt: skip
     command.add_argument("--voices", nargs="+", default=["kal", "ked", "slt"], help="voices of both splits")
     command.add_argument(
         "--held-out-voices", nargs="*", default=[], help="voices that read the test sentences only (zero-shot voice)"

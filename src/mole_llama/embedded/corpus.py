@@ -1,5 +1,6 @@
-"""The embedded speech corpus: fortune sentences read by festival's and flite's English voices, as a `datasets`
-DatasetDict (`train`, `test`) with an `Audio` column, ready for `mole-llama prepare`.
+"""The embedded speech corpus: fortune sentences (and, when asked, everyday sentences with numbers) read by festival's
+and flite's English voices, as a `datasets` DatasetDict (`train`, `test`) with an `Audio` column, ready for
+`mole-llama prepare`.
 
 Held-out sentences (`festival.is_held_out`, decided by content) go to `test` only, where every voice reads the same
 sentences so voices can be compared; `train` gives each voice different sentences, for more text variety. Held-out
@@ -18,22 +19,28 @@ import soundfile
 from tqdm.auto import tqdm
 
 from .festival import VOICES, fortune_sentences, is_held_out, synthesize
+from .number_sentences import number_sentences
 
 CORPUS_SETTINGS_FILE = "corpus_settings.json"
 
 
-def split_sentences(num_train: int, num_test: int, voices, seed: int = 0, held_out_voices=()) -> dict:
+def split_sentences(
+    num_train: int, num_test: int, voices, seed: int = 0, held_out_voices=(), num_number_sentences: int = 0
+) -> dict:
     """`{"train": [(voice, text)], "test": [(voice, text)]}`: `num_train` distinct training sentences per voice
-    (no sentence read twice), and the same `num_test` held-out sentences in every voice, `held_out_voices` included
-    (those read nothing in `train`)."""
+    (no sentence read twice), then `num_number_sentences` distinct sentences with numbers per voice
+    (`number_sentences`), and the same `num_test` held-out sentences in every voice, `held_out_voices` included
+    (those read nothing in `train`). The fortunes come first, so adding number sentences keeps them as they were."""
     voices, held_out_voices = list(voices), list(held_out_voices)
     unknown = [voice for voice in voices + held_out_voices if voice not in VOICES]
     if unknown or not voices:
         raise ValueError(f"unknown voice(s) {unknown or voices}: choose from {sorted(VOICES)}")
     if set(voices) & set(held_out_voices):
         raise ValueError(f"voice(s) {sorted(set(voices) & set(held_out_voices))} are both trained and held out")
-    if num_train < 0 or num_test < 0:
-        raise ValueError(f"num_train={num_train}, num_test={num_test}: give counts >= 0")
+    if min(num_train, num_test, num_number_sentences) < 0:
+        raise ValueError(
+            f"num_train={num_train}, num_test={num_test}, num_number_sentences={num_number_sentences}: give counts >= 0"
+        )
     sentences = fortune_sentences()
     training = [s for s in sentences if not is_held_out(s)]
     held_out = [s for s in sentences if is_held_out(s)]
@@ -44,7 +51,12 @@ def split_sentences(num_train: int, num_test: int, voices, seed: int = 0, held_o
             f"asked for {num_train} x {len(voices)} training and {num_test} test sentences; there are "
             f"{len(training)} training and {len(held_out)} held-out sentences: ask for fewer"
         )
-    train = [(voice, training[i * len(voices) + v]) for i in range(num_train) for v, voice in enumerate(voices)]
+    numbers = number_sentences(num_number_sentences * len(voices), seed, exclude=is_held_out)
+
+    def each_voice_its_own(sentences, count):
+        return [(voice, sentences[i * len(voices) + v]) for i in range(count) for v, voice in enumerate(voices)]
+
+    train = each_voice_its_own(training, num_train) + each_voice_its_own(numbers, num_number_sentences)
     test = [(voice, text) for text in held_out[:num_test] for voice in voices + held_out_voices]
     return {"train": train, "test": test}
 
@@ -74,6 +86,7 @@ def build_speech_corpus(
     cache_dir=None,
     seed: int = 0,
     held_out_voices=(),
+    num_number_sentences: int = 0,
 ):
     """Synthesize (or load) the corpus and save it with `save_to_disk` in `out_dir`; returns the DatasetDict.
 
@@ -86,13 +99,15 @@ def build_speech_corpus(
     settings = {"num_train": num_train, "num_test": num_test, "voices": list(voices), "seed": seed}
     if held_out_voices:
         settings["held_out_voices"] = list(held_out_voices)
+    if num_number_sentences:
+        settings["num_number_sentences"] = num_number_sentences
     settings_file = out_dir / CORPUS_SETTINGS_FILE
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
         return load_from_disk(str(out_dir))
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers}: give at least 1")
     cache_dir = Path(cache_dir) if cache_dir else out_dir.parent / f"{out_dir.name}_clips"
-    splits = split_sentences(num_train, num_test, voices, seed, held_out_voices)
+    splits = split_sentences(num_train, num_test, voices, seed, held_out_voices, num_number_sentences)
     jobs = [(voice, text) for rows in splits.values() for voice, text in rows]
     with ThreadPoolExecutor(num_workers) as pool:
         clips = list(
