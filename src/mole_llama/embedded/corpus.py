@@ -11,7 +11,9 @@ voice and sentence, so a larger corpus reuses the clips of a smaller one.
 
 import hashlib
 import json
+import os
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,9 +73,11 @@ def _synthesize_cached(cache_dir: Path, voice: str, text: str) -> Path:
     if not path.is_file():
         waveform, rate = synthesize(text, voice)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part.wav")
+        # A part file of its own (two builds may share a cache and write one clip at once), then an atomic rename:
+        # a clip is either whole or absent, even if the run is interrupted.
+        partial = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.part.wav")
         soundfile.write(partial, waveform, rate)
-        partial.rename(path)  # a clip is either whole or absent, even if the run is interrupted
+        partial.replace(path)
     return path
 
 
