@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from datasets import Audio
+from datasets import Audio, load_from_disk
 
 from conftest import save_tiny_llama_with_smollm2_tokenizer
 from mole_llama.data.audio import decode_audio, without_audio_decoding
@@ -74,6 +74,10 @@ def test_corpus_is_an_audio_dataset_cached_on_disk(tmp_path, monkeypatch):
     fewer = build_speech_corpus(tmp_path / "fewer", num_train=1, num_test=1, voices=["kal"],
                                 cache_dir=tmp_path / "corpus_clips")  # fmt: skip
     assert fewer["train"]["text"] == corpus["train"]["text"][:1]
+    # A training-only corpus leaves the empty test split out, so it loads back (datasets cannot load an empty one).
+    build_speech_corpus(tmp_path / "train_only", num_train=1, num_test=0, voices=["kal"],
+                        cache_dir=tmp_path / "corpus_clips")  # fmt: skip
+    assert set(load_from_disk(str(tmp_path / "train_only"))) == {"train"}
 
 
 def test_qa_splits_are_disjoint_and_known_answers_are_right():

@@ -135,7 +135,9 @@ def build_speech_corpus(
         )
         return table.cast_column("audio", Audio())
 
-    corpus = DatasetDict({name: split_dataset(rows) for name, rows in splits.items()})
+    # A split with no rows (`num_test=0`: a training-only corpus) is left out: datasets saves it as zero shards,
+    # which `load_from_disk` then cannot read.
+    corpus = DatasetDict({name: split_dataset(rows) for name, rows in splits.items() if rows})
     corpus.save_to_disk(str(out_dir))
     settings_file.write_text(json.dumps(settings))
     return corpus
