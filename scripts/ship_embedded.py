@@ -188,7 +188,8 @@ took {seconds / 60:.1f} min here).
 ## Training
 
 - Data: fortune sentences (Debian `fortunes`) read by festival's kal, ked, slt and flite's awb, slt voices; flite's
-  rms is held out of every stage. Units: pocketsphinx en-us phones force-aligned to the transcript, collapsed.
+  rms is held out of every stage. {args.data_notes}Units: pocketsphinx en-us phones force-aligned to the transcript,
+  collapsed.
 - Speech expert: {facts.get("steps")} steps of batch {facts.get("batch_size")} ({facts.get("epochs")} epochs), TRL
   `SFTTrainer`, loss over the speech tokens only. {args.training_notes}{router_line}
 - Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; commit {commit}.
@@ -225,6 +226,7 @@ def main():
         "--init-adapter), oldest first: e.g. OUT/tts/checkpoints/checkpoint-500 OUT/tts_anneal/adapter",
     )
     parser.add_argument("--training-notes", default="lr 2e-3.", help="the learning-rate schedule, in words")
+    parser.add_argument("--data-notes", default="", help="the training corpus beyond the fortunes, in words")
     parser.add_argument("--text-expert", type=Path, help="mole-llama: the text expert adapter (train-text)")
     parser.add_argument("--routers", type=Path, help="mole-llama: the train-router folder whose routers ship")
     parser.add_argument("--hard-routing", action=argparse.BooleanOptionalAction,
