@@ -46,8 +46,10 @@ def text_sets(qa_folder, num_numbers: int, num_answers: int, seed: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=named_folder, action="append",
-                        help="NAME=FOLDER of a speaking model, repeatable (default: the shipped TTS-Llama)")  # fmt: skip
+    parser.add_argument(
+        "--model", type=named_folder, action="append",
+        help="NAME=FOLDER of a speaking model, repeatable (default: the shipped TTS-Llama)",
+    )  # fmt: skip
     parser.add_argument("--qa", help="a build-qa folder: its eval split's base answers are read too")
     parser.add_argument("--numbers", type=int, default=20, help="held-out number sentences")
     parser.add_argument("--answers", type=int, default=20, help="base answers (needs --qa)")
