@@ -133,6 +133,8 @@ Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisp
 def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, extra: str = "") -> str:
     voices = [voice for voice in rates if voice != "all"]
     router_line = f"\n- Routers: {args.router_notes}" if name == "mole-llama" and args.router_notes else ""
+    if name == "mole-llama" and args.text_expert_notes:
+        router_line = f"\n- Text expert: {args.text_expert_notes}{router_line}"
     results = [
         EvalResult(
             task_type="text-to-speech",
@@ -238,6 +240,7 @@ def main():
         help="mole-llama, sequence context: the running mean starts at text +LOGIT / speech -LOGIT, as TOKENS tokens "
         "(default: as --routers has it)",
     )  # fmt: skip
+    parser.add_argument("--text-expert-notes", default="", help="mole-llama: how the text expert was trained, in words")
     parser.add_argument("--router-notes", default="", help="mole-llama: how the routers were trained, in words")
     parser.add_argument("--qa", help="mole-llama: the build-qa folder (retention, router accuracy, spoken answers)")
     parser.add_argument("--prompts", type=int, default=200, help="mole-llama: held-out prompts for retention")
