@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from mole_llama.evaluation import intelligibility
-from mole_llama.evaluation.intelligibility import error_rates, load_judge, normalize_text, transcribe
+from mole_llama.evaluation.intelligibility import (
+    clipped_sentence_wer,
+    error_rates,
+    load_judge,
+    normalize_text,
+    transcribe,
+)
 
 # Whisper greedy on the first 8 held-out fortunes (74 words), measured: kal 0.32, slt 0.07 (pocketsphinx 0.35, 0.34;
 # on 40 other held-out sentences Whisper 0.22 / 0.09, pocketsphinx 0.30 / 0.20). kal's diphones are the hard voice.
@@ -26,6 +32,17 @@ def test_texts_compare_as_spoken():
     )
     assert error_rates(["I sold it for two hundred thousand dollars."], ["I sold it for $200,000."])["wer"] == 0.0
     assert error_rates(["Five o'clock tea at all hours."], ["5 o'clock tea, at all hours..."])["wer"] == 0.0
+
+
+def test_a_looped_transcript_counts_as_one_sentence_wholly_wrong():
+    references = ["Sir Isaac Newton called it surcease.", "I stick my neck out for nobody."]
+    looped = ["Sir, " * 40, "I stick my neck out for nobody."]
+    assert error_rates(references, looped)["wer"] > 2  # corpus-level: the loop outweighs the sentence heard right
+    assert clipped_sentence_wer(references, looped) == 0.5
+    one_word_off = ["Sir Isaac Newton called it surcease.", "I stick mine up for nobody."]
+    assert clipped_sentence_wer(references, one_word_off) == error_rates(references[1:], one_word_off[1:])["wer"] / 2
+    with pytest.raises(ValueError, match="as many hypotheses"):
+        clipped_sentence_wer(references, looped[:1])
 
 
 def test_judges_are_named_load_once_and_hear_nothing_in_silence():

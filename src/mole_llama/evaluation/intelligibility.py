@@ -85,6 +85,17 @@ def error_rates(references: list, hypotheses: list) -> dict:
     return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
 
 
+def clipped_sentence_wer(references: list, hypotheses: list) -> float:
+    """Mean over sentences of each one's WER, capped at 1. Greedy Whisper sometimes loops on one poor clip ("Sir,
+    Sir, Sir, ..." for a 13-word sentence: WER 9.3), which alone outweighs every other sentence in a corpus-level
+    WER; capped, a looped clip counts as one sentence heard wholly wrong."""
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(
+            f"need as many hypotheses as references, and at least one: {len(references)} vs {len(hypotheses)}"
+        )
+    return sum(min(1.0, error_rates([r], [h])["wer"]) for r, h in zip(references, hypotheses)) / len(references)
+
+
 def score_waveforms(references: list, waveforms: list, sampling_rate: int) -> dict:
     """`{"wer", "cer"}` of Whisper's transcripts of `waveforms` against `references`, plus `wer_pocketsphinx`: the
     measure and its second opinion from one call."""
