@@ -132,9 +132,9 @@ Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisp
 
 def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, extra: str = "") -> str:
     voices = [voice for voice in rates if voice != "all"]
-    router_line = f"\n- Routers: {args.router_notes}" if name == "mole-llama" and args.router_notes else ""
-    if name == "mole-llama" and args.text_expert_notes:
-        router_line = f"\n- Text expert: {args.text_expert_notes}{router_line}"
+    mole_notes = [("Text expert", args.text_expert_notes), ("Routers", args.router_notes)]
+    mole_notes = mole_notes if name == "mole-llama" else []
+    mole_lines = "".join(f"\n- {part}: {notes}" for part, notes in mole_notes if notes)
     results = [
         EvalResult(
             task_type="text-to-speech",
@@ -193,7 +193,7 @@ took {seconds / 60:.1f} min here).
   rms is held out of every stage. {args.data_notes}Units: pocketsphinx en-us phones force-aligned to the transcript,
   collapsed.
 - Speech expert: {facts.get("steps")} steps of batch {facts.get("batch_size")} ({facts.get("epochs")} epochs), TRL
-  `SFTTrainer`, loss over the speech tokens only. {args.training_notes}{router_line}
+  `SFTTrainer`, loss over the speech tokens only. {args.training_notes}{mole_lines}
 - Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; commit {commit}.
 
 Learning curve (held-out greedy unit error rate):

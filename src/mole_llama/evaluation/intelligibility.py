@@ -74,12 +74,16 @@ def transcribe(waveform: np.ndarray, sampling_rate: int, judge: str = "whisper")
     return hypothesis.hypstr if hypothesis is not None else ""
 
 
-def error_rates(references: list, hypotheses: list) -> dict:
-    """Corpus-level word and character error rates of `hypotheses` against `references` (normalised texts)."""
+def _check_pairs(references: list, hypotheses: list) -> None:
     if len(references) != len(hypotheses) or not references:
         raise ValueError(
             f"need as many hypotheses as references, and at least one: {len(references)} vs {len(hypotheses)}"
         )
+
+
+def error_rates(references: list, hypotheses: list) -> dict:
+    """Corpus-level word and character error rates of `hypotheses` against `references` (normalised texts)."""
+    _check_pairs(references, hypotheses)
     references = [normalize_text(text) for text in references]
     hypotheses = [normalize_text(text) for text in hypotheses]
     return {"wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
@@ -89,10 +93,7 @@ def clipped_sentence_wer(references: list, hypotheses: list) -> float:
     """Mean over sentences of each one's WER, capped at 1. Greedy Whisper sometimes loops on one poor clip ("Sir,
     Sir, Sir, ..." for a 13-word sentence: WER 9.3), which alone outweighs every other sentence in a corpus-level
     WER; capped, a looped clip counts as one sentence heard wholly wrong."""
-    if len(references) != len(hypotheses) or not references:
-        raise ValueError(
-            f"need as many hypotheses as references, and at least one: {len(references)} vs {len(hypotheses)}"
-        )
+    _check_pairs(references, hypotheses)
     return sum(min(1.0, error_rates([r], [h])["wer"]) for r, h in zip(references, hypotheses)) / len(references)
 
 
