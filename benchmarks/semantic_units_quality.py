@@ -5,7 +5,8 @@
   sentences in one voice (the scale to compare with);
 - with `--speaking-model` (a folder with `acoustic_lm/`, `codec/` and `duration_predictor/`, trained on the
   aligned phones): oracle resynthesis of the aligned phones (collapsed units -> predicted durations -> acoustic
-  LM sampled with a voice prompt -> codec), its codec resynthesis and the ground truth, Whisper WER per voice.
+  LM sampled with a voice prompt -> codec), the same with the recording's own durations (what a perfect duration
+  predictor would give), its codec resynthesis and the ground truth, Whisper WER per voice.
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -75,12 +76,13 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
         short = sum(len(u) for u in collapsed.values()) / seconds
         rows.append((name, raw, short, statistics.mean(same_sentence), statistics.mean(across), len(kept)))
         if name == "aligned phones":
-            aligned = {key: collapsed[key] for key in units}
+            aligned = units  # frame level: their own durations, for resynthesis
     return rows, aligned
 
 
 def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
-    """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through durations + acoustic LM."""
+    """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
+    durations and with predicted ones (`aligned`: frame-level units per clip)."""
     from mole_llama.modeling.acoustic_codec import load_acoustic_codec
     from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -98,20 +100,24 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         if voice not in prompts:
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
     heard = defaultdict(lambda: defaultdict(list))
-    torch.manual_seed(0)
     scored = set(texts[:sentences])
-    for (voice, text), waveform in tqdm(clips.items(), desc="resynthesis"):
+    for index, ((voice, text), waveform) in enumerate(tqdm(clips.items(), desc="resynthesis")):
         if (voice, text) not in aligned or text not in scored:
             continue
         codes = codec.encode(torch.from_numpy(waveform)[None])
         prompt = codec.encode(torch.from_numpy(prompts[voice][: 3 * RATE])[None])
-        units = aligned[(voice, text)]
-        frames = expand_units(units, durations.predict(units))
-        generated = acoustic_lm.generate(torch.tensor([frames]), prompt_codes=prompt, temperature=0.4, top_k=10)
+        own_frames = aligned[(voice, text)]
+        units = deduplicate_units(own_frames)[0]
+        predicted_frames = expand_units(units, durations.predict(units))
+        own, predicted = (
+            acoustic_lm.generate(torch.tensor([frames]), prompt_codes=prompt, temperature=0.4, top_k=10, seed=index)
+            for frames in (own_frames, predicted_frames)
+        )
         for name, audio in (
             ("ground truth", waveform),
             ("codec resynthesis", codec.decode(codes)[0].numpy()),
-            ("aligned phones -> durations -> acoustic LM", codec.decode(generated)[0].numpy()),
+            ("aligned phones, own durations -> acoustic LM", codec.decode(own)[0].numpy()),
+            ("aligned phones -> predicted durations -> acoustic LM", codec.decode(predicted)[0].numpy()),
         ):
             heard[voice][name].append((text, transcribe(np.asarray(audio, dtype=np.float32), RATE)))
     rows = []

@@ -276,6 +276,12 @@ def test_evaluate_writes_metrics_and_the_report(workspace, capsys):
                   "## Text in, speech out", "plots/mel_spectrograms.png", "plots/router_weights.png",
                   "plots/loss_curves.png"):  # fmt: skip
         assert title in report
+    speech_dir = workspace / "speech_report"  # one model alone: its column is named for what it is
+    run("evaluate-speech", "--tts", out / "mole", "--corpus", workspace / "corpus", "--out", speech_dir,
+        "--sentences", 1)  # fmt: skip
+    capsys.readouterr()
+    speech_metrics = json.loads((speech_dir / "metrics.json").read_text())
+    assert set(speech_metrics["intelligibility"]) == {"ground truth", "MoLE-Llama"}
     common = ["--base", workspace / "base", "--corpus", workspace / "corpus", "--qa", workspace / "qa"]
     with pytest.raises(SystemExit):
         run("evaluate", "--tts", out / "tts" / "model", "--mole", out / "mole", *common, "--out", report_dir,

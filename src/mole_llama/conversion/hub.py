@@ -40,7 +40,7 @@ def _model_files(model_dir: Path) -> list:
     return files
 
 
-def _describe(config: dict) -> dict:
+def describe_model(config: dict) -> dict:
     """Who this model is, from its config: TTS-Llama (one expert, forced) or MoLE-Llama (learned routing)."""
     experts = [expert["name"] for expert in config.get("experts", [])]
     routing = config.get("routing")
@@ -90,7 +90,7 @@ def write_model_card(
 
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "config.json").read_text())
-    who = _describe(config)
+    who = describe_model(config)
     eval_results, evaluation = _evaluation_section(metrics)
     base_model = config.get("base_model_name_or_path") or "HuggingFaceTB/SmolLM2-135M-Instruct"
     card_data = ModelCardData(

@@ -16,6 +16,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForTextToWaveform, AutoTokenizer
 from transformers.utils import logging
 
+from ..conversion.hub import describe_model
+
 logger = logging.get_logger(__name__)
 METRICS_FILE = "metrics.json"
 
@@ -166,6 +168,7 @@ def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int 
 
     out_dir = Path(out_dir)
     speaker = _load_speaking(tts_dir)
+    kind = describe_model(speaker.config.to_dict())["kind"]  # the column's name: TTS-Llama or MoLE-Llama
     if qa is not None:
         check_learned_routing(speaker, tts_dir)
     test, references = held_out_sentences(corpus, num_sentences)
@@ -173,8 +176,8 @@ def evaluate_speech(tts_dir, corpus, out_dir, num_sentences: int = 8, seed: int 
     rates, clips = synthesized_intelligibility(speaker, test, references, out_dir / "audio/tts", seed)
     metrics = {
         "settings": {"sentences": num_sentences, "voices": sorted(set(test["voice"])), "seed": seed},
-        "intelligibility": {"ground truth": truth, "TTS-Llama": rates},
-        "clips": {"TTS-Llama": clips},
+        "intelligibility": {"ground truth": truth, kind: rates},
+        "clips": {kind: clips},
     }
     if qa is not None:
         known = qa["known"].select(range(min(num_spoken_answers, len(qa["known"]))))
