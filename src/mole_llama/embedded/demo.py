@@ -114,8 +114,9 @@ def run_demo(out_dir="demo_output", profile: str = "default", config: str = "emb
     shipped_mole = (out / "shipped_mole" / "REPORT.md").read_text().split("\n", 2)[2]
     short_run = (
         "The tables above are the short from-scratch run of every stage, trained in minutes: its loss curves show each "
-        "stage learning, not a finished model. The shipped TTS-Llama (trained for hours, `mole-llama embedded-tts`) "
-        "reads the same held-out sentences here:"
+        "stage learning, not a finished model (the text expert's stays near where it starts: it learns the base's own "
+        "answers at the recipe's small learning rate, so that it stays near the base). The shipped TTS-Llama (trained "
+        "for hours, `mole-llama embedded-tts`) reads the same held-out sentences here:"
     )
     with report.open("a") as handle:
         handle.write(f"\n## The shipped TTS-Llama\n\n{short_run}\n\n{shipped}")
