@@ -94,23 +94,26 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
     train = without_audio_decoding(load_from_disk(corpus)["train"], "audio")
     prompts = {}  # a training clip of each voice (a held-out voice: one of its test clips of another sentence)
     for row in train:
-        prompts.setdefault(row["voice"], decode_audio(row["audio"], RATE)[0])
+        if row["voice"] not in prompts:  # decode only the first clip of each voice
+            prompts[row["voice"]] = decode_audio(row["audio"], RATE)[0]
     texts = list(dict.fromkeys(text for _, text in clips))
     for voice, text in clips:
         if voice not in prompts:
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
+    prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
     heard = defaultdict(lambda: defaultdict(list))
     scored = set(texts[:sentences])
     for index, ((voice, text), waveform) in enumerate(tqdm(clips.items(), desc="resynthesis")):
         if (voice, text) not in aligned or text not in scored:
             continue
         codes = codec.encode(torch.from_numpy(waveform)[None])
-        prompt = codec.encode(torch.from_numpy(prompts[voice][: 3 * RATE])[None])
         own_frames = aligned[(voice, text)]
         units = deduplicate_units(own_frames)[0]
         predicted_frames = expand_units(units, durations.predict(units))
         own, predicted = (
-            acoustic_lm.generate(torch.tensor([frames]), prompt_codes=prompt, temperature=0.4, top_k=10, seed=index)
+            acoustic_lm.generate(
+                torch.tensor([frames]), prompt_codes=prompt_codes[voice], temperature=0.4, top_k=10, seed=index
+            )
             for frames in (own_frames, predicted_frames)
         )
         for name, audio in (
