@@ -9,7 +9,8 @@
   the whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
 - MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
-  and per LLM token with the MoLE-Llama's shipped routing and with soft routing.
+  and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with the LM
+  head over the whole vocabulary (before speaking scored the speech tokens alone).
 
     python benchmarks/bench_tts.py [--sentences 8] [--batch 8] [--threads 2]
 """
@@ -56,12 +57,24 @@ def stage_seconds(model, text: str, seed: int) -> dict:
             "audio": len(wave) / model.sampling_rate}  # fmt: skip
 
 
-def seconds_per_token(model, prompt: torch.Tensor, tokens: int = 40) -> float:
-    """Median over 5 runs of the LLM's seconds per generated token (forced to `tokens`, greedy, with the cache)."""
+def seconds_per_token(model, prompt: torch.Tensor, tokens: int = 40, full_head: bool = False) -> float:
+    """The LLM's seconds per generated token (forced to `tokens`, greedy, with the cache), scoring the speech tokens
+    alone as speaking does, or (`full_head`) the whole vocabulary, as before it did."""
     settings = dict(attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=tokens,
                     min_new_tokens=tokens)  # fmt: skip
-    runs = [timed(GenerationMixin.generate, model, prompt, **settings)[1] / tokens for _ in range(5)]
-    return statistics.median(runs)
+    if not full_head:
+        settings["logits_vocabulary"] = model.speech_ids.speakable()
+    return timed(GenerationMixin.generate, model, prompt, **settings)[1] / tokens
+
+
+def round_robin_medians(variants: dict, rounds: int = 5) -> dict:
+    """Each variant's median over `rounds` runs, run in turn within each round, so that the machine's slow spells
+    (other tenants) fall on all variants alike rather than on whichever ran then."""
+    runs = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            runs[name].append(run())
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def set_hard_routing(model, hard: bool) -> None:
@@ -119,10 +132,12 @@ def main():
     one = sentences[0]
 
     batch = sentences[: args.batch]
-    _, batched = timed(tts.speak_texts, batch, seed=0, batch_size=args.batch)
-    serial = sum(timed(tts.speak_texts, [text], seed=0, batch_size=1)[1] for text in batch)
-    print(f"{len(batch)} sentences: one batched call {batched:.1f} s, one call each {serial:.1f} s: "
-          f"throughput x{serial / batched:.2f}")  # fmt: skip
+    calls = round_robin_medians({
+        "batched": lambda: timed(tts.speak_texts, batch, seed=0, batch_size=args.batch)[1],
+        "serial": lambda: sum(timed(tts.speak_texts, [text], seed=0, batch_size=1)[1] for text in batch),
+    }, rounds=3)  # fmt: skip
+    print(f"{len(batch)} sentences (medians of 3 rounds): one batched call {calls['batched']:.1f} s, one call each "
+          f"{calls['serial']:.1f} s: throughput x{calls['serial'] / calls['batched']:.2f}")  # fmt: skip
 
     speaking = {"TTS-Llama": [], "MoLE-Llama": []}  # per sentence: (seconds, audio seconds)
     for seed, text in enumerate(spoken):  # round-robin, the order alternating, so drift hits both alike
@@ -139,15 +154,23 @@ def main():
 
     prompt = torch.tensor([tts._prompt_ids(one)])
     shipped = f"{mole.config.router_context} context, {'hard' if mole.config.hard_routing else 'soft'} (shipped)"
-    per_token = {
-        "TTS-Llama": seconds_per_token(tts, prompt),
-        "TTS-Llama, int8 LLM": seconds_per_token(tts_int8, prompt),
-        f"MoLE-Llama, {shipped}": seconds_per_token(mole, prompt),
-    }
-    set_hard_routing(mole, False)
-    per_token[f"MoLE-Llama, {mole.config.router_context} context, soft"] = seconds_per_token(mole, prompt)
-    set_hard_routing(mole, mole.config.hard_routing)
-    print("\n| LLM | ms per token | vs TTS-Llama |\n|---|---:|---:|")
+
+    def soft_routing_seconds() -> float:
+        set_hard_routing(mole, False)
+        try:
+            return seconds_per_token(mole, prompt)
+        finally:
+            set_hard_routing(mole, mole.config.hard_routing)
+
+    per_token = round_robin_medians({
+        "TTS-Llama": lambda: seconds_per_token(tts, prompt),
+        "TTS-Llama, whole-vocabulary LM head": lambda: seconds_per_token(tts, prompt, full_head=True),
+        "TTS-Llama, int8 LLM": lambda: seconds_per_token(tts_int8, prompt),
+        "TTS-Llama, int8 LLM, whole-vocabulary LM head": lambda: seconds_per_token(tts_int8, prompt, full_head=True),
+        f"MoLE-Llama, {shipped}": lambda: seconds_per_token(mole, prompt),
+        f"MoLE-Llama, {mole.config.router_context} context, soft": soft_routing_seconds,
+    })  # fmt: skip
+    print("\n| LLM (medians of 5 rounds) | ms per token | vs TTS-Llama |\n|---|---:|---:|")
     for name, seconds in per_token.items():
         print(f"| {name} | {1000 * seconds:.1f} | x{seconds / per_token['TTS-Llama']:.2f} |")
 

@@ -239,6 +239,11 @@ def test_int8_llm_keeps_the_forced_experts_predictions_and_refuses_what_it_canno
     assert not any(isinstance(module, torch.nn.Linear) for module in mole.model.modules())  # all int8 now
     assert (quantized - reference).abs().max() < 0.05 * reference.abs().max()  # the speech expert folded in, not lost
     assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+    allowed = torch.tensor([4, 9, mole.config.vocab_size - 1])
+    with torch.no_grad():  # the int8 head's rows, unpacked for a constrained vocabulary, score as the packed head
+        sliced = mole(ids, logits_vocabulary=allowed).logits
+    assert (sliced[..., allowed] - quantized[..., allowed]).abs().max() < 0.05 * quantized.abs().max()
+    assert torch.isneginf(sliced).sum() == sliced[..., 0].numel() * (mole.config.vocab_size - len(allowed))
     with pytest.raises(ValueError, match="cannot be saved"):
         mole.save_pretrained(tmp_path / "int8")
     with pytest.raises(ValueError, match="already quantized"):

@@ -3,7 +3,14 @@
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from conftest import NEW_TOKENS, TINY_LLAMA
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
@@ -107,6 +114,28 @@ def test_greedy_generation_with_cache_equals_without(mole):
     without_cache = mole.generate(ids, use_cache=False, **kwargs)
     assert with_cache.shape[1] > ids.shape[1]
     assert torch.equal(with_cache, without_cache)
+
+
+@torch.no_grad()
+def test_a_logits_vocabulary_scores_its_tokens_alone_and_generates_as_masking_the_full_head(mole):
+    ids = random_ids(mole.config.vocab_size, shape=(2, 6))
+    allowed = torch.tensor([5, 17, 40, mole.config.vocab_size - 1])
+    full = mole(ids).logits
+    sliced = mole(ids, logits_vocabulary=allowed).logits
+    assert sliced.shape == full.shape
+    assert torch.allclose(sliced[..., allowed], full[..., allowed], atol=1e-5)
+    others = torch.ones(mole.config.vocab_size, dtype=torch.bool)
+    others[allowed] = False
+    assert torch.isneginf(sliced[..., others]).all()
+
+    class OnlyAllowed(LogitsProcessor):  # what constrained decoding does with the full head
+        def __call__(self, input_ids, scores):
+            return scores.masked_fill(others, float("-inf"))
+
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    masked = mole.generate(ids, logits_processor=LogitsProcessorList([OnlyAllowed()]), **kwargs)
+    assert torch.equal(mole.generate(ids, logits_vocabulary=allowed, **kwargs), masked)
+    assert torch.isin(masked[:, ids.shape[1] :], allowed).all()
 
 
 def test_router_only_training_gets_gradients_only_on_routers(tiny_mole_dir):

@@ -199,7 +199,7 @@ class MoLERouter(nn.Module):
         self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
 
     def forward(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None" = None) -> torch.Tensor:
-        logits = self.proj_out(F.silu(self.proj_in(self.norm(hidden_states))))
+        logits = self.proj_out(F.silu(self.proj_in(self.normalize(hidden_states))))
         if context is not None:
             logits = context.running_mean(logits)
         if self.hard and not self.training:  # the top expert of the logits is the softmax's: skip the softmax
@@ -211,6 +211,14 @@ class MoLERouter(nn.Module):
         kept.scatter_(-1, probabilities.topk(self.top_k, dim=-1).indices, True)  # exactly k, even on ties
         gates = probabilities * kept
         return gates if self.top_k == 1 else gates / gates.sum(dim=-1, keepdim=True)
+
+    def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`self.norm` (Llama's RMSNorm: float32 statistics, then its weight in the input's dtype) as one fused op
+        where the dtypes allow: a third of the router's time in a decoding step, run by every layer."""
+        norm = self.norm
+        if hidden_states.dtype != torch.float32 or norm.weight.dtype != torch.float32:
+            return norm(hidden_states)
+        return F.rms_norm(hidden_states, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
     def single_expert(self, weights: torch.Tensor) -> str | None:
         """The expert every token routes to, when hard routing chose one for all (its fast path), else None."""
@@ -225,8 +233,8 @@ class MoLERouter(nn.Module):
 
 class SequenceRoutingContext:
     """`router_context="sequence"`: one layer's router logits, replaced at each position by their mean over the
-    sequence's tokens so far (padding left out), starting from the config's prior (`prior_logits`, counted as
-    `prior_tokens` tokens).
+    sequence's tokens so far (padding left out), starting from the config's prior (`prior_logits`, a float32 tensor
+    of one logit per expert, counted as `prior_tokens` tokens).
 
     The running sums live on the KV cache object (attribute `mole_router_sums`, one entry per layer: float32 sums,
     counts, and the cache length they cover), so each generation step adds its token to the sums of the prompt and
@@ -236,7 +244,10 @@ class SequenceRoutingContext:
 
     CACHE_ATTRIBUTE = "mole_router_sums"
 
-    def __init__(self, layer_idx: int, token_mask, cache: Cache | None, prior_logits=None, prior_tokens: float = 0.0):
+    def __init__(
+        self, layer_idx: int, token_mask, cache: Cache | None, prior_logits: torch.Tensor | None = None,
+        prior_tokens: float = 0.0,
+    ):  # fmt: skip
         self.layer_idx = layer_idx
         self.token_mask = token_mask
         self.cache = cache
@@ -245,12 +256,14 @@ class SequenceRoutingContext:
 
     def running_mean(self, logits: torch.Tensor) -> torch.Tensor:
         batch, length = logits.shape[:2]
-        if self.token_mask is None:
-            valid = logits.new_ones(batch, length, 1, dtype=torch.float32)
-        else:
-            valid = self.token_mask[:, -length:].to(device=logits.device, dtype=torch.float32).unsqueeze(-1)
         # float32 whatever the model's dtype: in bf16 a count of 300 no longer grows by one per token
-        sums, counts = (logits.float() * valid).cumsum(dim=1), valid.cumsum(dim=1)
+        if self.token_mask is None:
+            sums, counts = logits.float(), logits.new_ones(batch, length, 1, dtype=torch.float32)
+        else:
+            counts = self.token_mask[:, -length:].to(device=logits.device, dtype=torch.float32).unsqueeze(-1)
+            sums = logits.float() * counts
+        if length > 1:  # a decoding step's single token is its own sum
+            sums, counts = sums.cumsum(dim=1), counts.cumsum(dim=1)
         if self.cache is not None:
             running = self.cache.__dict__.setdefault(self.CACHE_ATTRIBUTE, {})
             past_length = self.cache.get_seq_length(self.layer_idx)
@@ -270,8 +283,7 @@ class SequenceRoutingContext:
                 sums, counts = sums + past_sums, counts + past_counts
             running[self.layer_idx] = (sums[:, -1:].detach(), counts[:, -1:], past_length + length)
         if self.prior_tokens:
-            prior = torch.tensor(self.prior_logits, device=logits.device, dtype=torch.float32)
-            sums, counts = sums + self.prior_tokens * prior, counts + self.prior_tokens
+            sums, counts = sums + self.prior_tokens * self.prior_logits, counts + self.prior_tokens
         # a left pad (count 0) gets logits 0: equal weights, and it is masked anyway
         return (sums / counts.clamp_min(1)).to(logits.dtype)
 
@@ -287,6 +299,7 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         prior = config.router_context_prior
         self.router_prior_logits = [prior[name] for name in config.expert_names] if prior else None
         self.router_prior_tokens = config.router_context_prior_tokens
+        self._router_prior_tensors = {}  # device -> the prior as a tensor, made once rather than at every step
         self.routing = config.routing
         for parent in (self.self_attn, self.mlp):
             for proj_name, base in list(parent.named_children()):
@@ -299,6 +312,15 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                 )  # fmt: skip
                 setattr(parent, proj_name, mole)
 
+    def _router_prior(self, device) -> torch.Tensor | None:
+        if self.router_prior_logits is None:
+            return None
+        if device not in self._router_prior_tensors:
+            self._router_prior_tensors[device] = torch.tensor(
+                self.router_prior_logits, dtype=torch.float32, device=device
+            )
+        return self._router_prior_tensors[device]
+
     def forward(self, hidden_states: torch.Tensor, *args, router_token_mask=None, **kwargs) -> torch.Tensor:
         """Llama's layer, with its projections routed; `router_token_mask` (the batch's 2-D attention mask, passed
         down by `MoLELlamaModel`) keeps padding out of a sequence router context."""
@@ -308,7 +330,7 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
             context = None
             if self.router_reads_sequence:
                 context = SequenceRoutingContext(
-                    self.layer_idx, router_token_mask, kwargs.get("cache"), self.router_prior_logits,
+                    self.layer_idx, router_token_mask, kwargs.get("cache"), self._router_prior(hidden_states.device),
                     self.router_prior_tokens,
                 )  # fmt: skip
             routing = self.router(hidden_states, context)
@@ -458,9 +480,11 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_expert_weights: bool | None = None,
+        logits_vocabulary: torch.LongTensor | None = None,
         **kwargs,
     ) -> MoLECausalLMOutputWithPast:
-        """Llama's causal-LM forward; `output_expert_weights=True` adds the routers' per-token expert weights."""
+        """Llama's causal-LM forward; `output_expert_weights=True` adds the routers' per-token expert weights, and
+        `logits_vocabulary` (token ids) scores those tokens alone, the rest -inf (see `vocabulary_logits`)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -471,7 +495,11 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
             output_expert_weights=bool(output_expert_weights),
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        if logits_vocabulary is None:
+            logits = self.lm_head(hidden_states)
+        else:
+            logits = self.vocabulary_logits(hidden_states, logits_vocabulary)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -483,6 +511,24 @@ class MoLELlamaForCausalLM(MoLELlamaPreTrainedModel, GenerationMixin):
             attentions=outputs.get("attentions"),
             expert_weights=outputs.get("expert_weights"),
         )
+
+    def vocabulary_logits(self, hidden_states: torch.Tensor, token_ids: torch.LongTensor) -> torch.Tensor:
+        """Full-vocabulary logits in which only `token_ids` are scored and every other token is -inf: decoding
+        constrained to a few tokens (speaking: the units and the end marker) skips the rest of the LM head, whose
+        49k rows are a sixth of a SmolLM2 decoding step's weight reads (benchmarks/bench_tts.py)."""
+        logits = hidden_states.new_full((*hidden_states.shape[:-1], self.config.vocab_size), float("-inf"))
+        logits[..., token_ids] = F.linear(hidden_states, self._head_rows(token_ids))
+        return logits
+
+    def _head_rows(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        weight = self.lm_head.weight
+        if not callable(weight):
+            return weight[token_ids]
+        # An int8 head (conversion.int8) packs its weights, frozen: its rows are unpacked once per set of tokens.
+        cached = getattr(self, "_int8_head_rows", None)
+        if cached is None or not torch.equal(cached[0], token_ids):
+            cached = self._int8_head_rows = (token_ids.clone(), weight().dequantize()[token_ids])
+        return cached[1]
 
 
 # Saving copies this file and its configuration beside the weights (see `save_pretrained` for the auto_map).

@@ -470,6 +470,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
             streamer=streamer,
+            logits_vocabulary=self.speech_ids.speakable(self.device),  # the processor allows no other token
             **llm_kwargs,
         )
         return [row[:cap] for row, cap in zip(generated[:, input_ids.shape[1] :], caps)]

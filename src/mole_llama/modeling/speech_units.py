@@ -67,6 +67,11 @@ class SpeechTokenIds:
     def is_unit(self, token_ids: torch.Tensor) -> torch.Tensor:
         return (token_ids >= self.first_unit) & (token_ids < self.first_unit + self.num_units)
 
+    def speakable(self, device=None) -> torch.LongTensor:
+        """The tokens a speech segment may continue with: the units and the end marker."""
+        units = torch.arange(self.first_unit, self.first_unit + self.num_units, device=device)
+        return torch.cat([units, torch.tensor([self.end], device=device)])
+
     def units_to_token_ids(self, units) -> list:
         units = [int(unit) for unit in units]
         bad = [unit for unit in units if not 0 <= unit < self.num_units]
