@@ -148,6 +148,13 @@ def test_resume_picks_up_the_latest_checkpoint(workspace, capsys):
         "--set", "acoustic_lm.training.max_steps=1", "--set", "acoustic_lm.training.learning_rate=0.0")  # fmt: skip
     start, continued = (load_file(out / name / "model.safetensors") for name in ("am", "am_continued"))
     assert start.keys() == continued.keys() and all(torch.equal(start[k], continued[k]) for k in start)
+    # ... with the recipe's regularisation, which is not the architecture ...
+    run("train-acoustic-lm", *common[:-1], out / "am_dropout", "--init-weights", out / "am",
+        "--set", "acoustic_lm.training.max_steps=1", "--set", "acoustic_lm.config.attention_dropout=0.1",
+        "--set", "acoustic_lm.config.previous_code_noise=0.3")  # fmt: skip
+    saved = json.loads((out / "am_dropout" / "config.json").read_text())
+    assert (saved["attention_dropout"], saved["previous_code_noise"]) == (0.1, 0.3)
+    assert json.loads((out / "am" / "config.json").read_text())["attention_dropout"] == 0.0
     # ... and refuses one whose sizes are not the recipe's, naming the size
     with pytest.raises(SystemExit):
         run("train-acoustic-lm", *common[:-1], out / "am_wider", "--init-weights", out / "am",

@@ -141,12 +141,17 @@ def prepare_stage(recipe: dict, dataset, semantic_tokenizer_dir, codec_dir, out)
     return Path(out), report
 
 
+ACOUSTIC_LM_REGULARISATION = ("attention_dropout", "previous_code_noise")
+"""Acoustic LM settings that shape training only: a run continued from saved weights takes them from its recipe."""
+
+
 def train_acoustic_lm_stage(
     recipe: dict, prepared, semantic_tokenizer_dir, codec_dir, out, resume=False, init_weights=None
 ) -> Path:
     """Train the acoustic LM on a prepared dataset; sizes and rates come from the tokenizer and the codec.
     `init_weights` (e.g. the shipped acoustic LM) continues an earlier session's training from that model's weights
-    (refused unless its architecture is the one the recipe, tokenizer and codec ask for); `resume` wins over it."""
+    (refused unless its architecture is the one the recipe, tokenizer and codec ask for; its regularisation comes
+    from the recipe); `resume` wins over it."""
     from ..modeling.acoustic_codec import load_acoustic_codec
     from ..modeling.configuration_acoustic_lm import AcousticLMConfig
     from ..modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
@@ -166,7 +171,8 @@ def train_acoustic_lm_stage(
     torch.manual_seed(args.seed)
     resume_from = checkpoint_to_resume(args.output_dir, resume)
     if init_weights is not None and not resume_from:
-        model = AcousticLMForConditionalGeneration.from_pretrained(init_weights, dtype=torch.float32)
+        regularisation = {key: getattr(config, key) for key in ACOUSTIC_LM_REGULARISATION}  # the recipe's, not theirs
+        model = AcousticLMForConditionalGeneration.from_pretrained(init_weights, dtype=torch.float32, **regularisation)
         _check_same_architecture(model.config, config, init_weights)
     else:
         model = AcousticLMForConditionalGeneration(config)
