@@ -175,7 +175,7 @@ class SpeechUnitsLogitsProcessor(LogitsProcessor):
         inside = last_start > last_end
         if not inside.any():
             return scores
-        vocab = torch.arange(scores.shape[-1], device=scores.device)
-        allowed = self.speech.is_unit(vocab) | (vocab == self.speech.end)
+        allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        allowed[self.speech.speakable(scores.device)] = True
         blocked = inside[:, None] & ~allowed[None, :]
         return scores.masked_fill(blocked, float("-inf"))
