@@ -2,11 +2,12 @@
 `--mole DIR`), over held-out fortune sentences:
 
 - real-time factor (compute seconds / audio seconds, median over sentences) per stage: LLM units, durations,
-  acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32) and with its LLM
-  in int8 (`conversion.int8.quantize_llm_int8`), with the unit error rate of the int8 LLM's units against the
-  float32 ones (0: it says the same);
-- time to the first streamed chunk of a one-sentence text (median over the sentences, float32 and int8 LLM), beside
-  the whole call;
+  acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32 weights, one-token
+  steps multiplied in float16: `float16_decoding`), with plain float32 steps, and with its LLM in int8
+  (`conversion.int8.quantize_llm_int8`), with the unit error rate of each variant's units against the plain float32
+  ones (0: it says the same);
+- time to the first streamed chunk of a one-sentence text (median over the sentences, each variant), beside the
+  whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
 - MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
   and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with the LM
@@ -98,29 +99,32 @@ def main():
                                                                                                args.batch)]  # fmt: skip
     tts_dir = str(args.tts or embedded_model_path("tts-llama"))
     tts = pipeline("text-to-speech", model=tts_dir).model
+    tts_float32 = pipeline("text-to-speech", model=tts_dir, model_kwargs={"float16_decoding": False}).model
     tts_int8 = quantize_llm_int8(pipeline("text-to-speech", model=tts_dir).model)
     mole = pipeline("text-to-speech", model=str(args.mole or embedded_model_path("mole-llama"))).model
-    for model in (tts, tts_int8):
+    variants = {"float32 steps": tts_float32, "shipped (float16 steps)": tts, "int8 LLM": tts_int8}
+    for model in variants.values():
         model.speak("Warm up.", seed=0)  # first-call costs (allocations, lazy imports) out of the figures
 
     spoken = sentences[: args.sentences]
-    print(f"torch threads: {torch.get_num_threads()}; {args.sentences} held-out sentences\n")
-    variants = {"float32": tts, "int8 LLM": tts_int8}
+    print(f"torch threads: {torch.get_num_threads()}; {args.sentences} held-out sentences; shipped float16_decoding="
+          f"{tts.config.float16_decoding}\n")  # fmt: skip
     rows, totals = {name: [] for name in variants}, {name: [] for name in variants}
     for seed, text in enumerate(spoken):
         for name, model in variants.items():  # round-robin per sentence: the machine's noise hits both alike
             rows[name].append(stage_seconds(model, text, seed))
             audio, seconds = timed(model.speak, text, seed=seed)
             totals[name].append(seconds / (len(audio) / model.sampling_rate))
-    print("| stage | median real-time factor, float32 | with the LLM in int8 |")
-    print("|---|---:|---:|")
+    print("| stage (median real-time factor) | " + " | ".join(variants) + " |")
+    print("|---|" + "---:|" * len(variants))
     for stage in ("LLM", "durations", "acoustic LM", "codec"):
         cells = [statistics.median(row[stage] / row["audio"] for row in rows[name]) for name in rows]
-        print(f"| {stage} | {cells[0]:.3f} | {cells[1]:.3f} |")
-    print(f"| whole `speak` call | {statistics.median(totals['float32']):.3f} | "
-          f"{statistics.median(totals['int8 LLM']):.3f} |")  # fmt: skip
-    changed = unit_error_rate(tts.speech_units_batch(spoken), tts_int8.speech_units_batch(spoken))
-    print(f"\nunit error rate of the int8 LLM's greedy units against the float32 ones: {changed:.3f}")
+        print(f"| {stage} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
+    print("| whole `speak` call | " + " | ".join(f"{statistics.median(totals[name]):.3f}" for name in variants) + " |")
+    reference = [tts_float32.speech_units(text) for text in spoken]  # one text a call: the speaking path's steps
+    for name, model in list(variants.items())[1:]:
+        changed = unit_error_rate(reference, [model.speech_units(text) for text in spoken])
+        print(f"\nunit error rate of {name} greedy units against float32 steps': {changed:.3f}")
 
     print("\n| one-sentence text | first streamed chunk (s) | audio in it (s) | whole `speak` call (s) |")
     print("|---|---:|---:|---:|")
@@ -164,6 +168,7 @@ def main():
 
     per_token = round_robin_medians({
         "TTS-Llama": lambda: seconds_per_token(tts, prompt),
+        "TTS-Llama, float32 steps": lambda: seconds_per_token(tts_float32, prompt),
         "TTS-Llama, whole-vocabulary LM head": lambda: seconds_per_token(tts, prompt, full_head=True),
         "TTS-Llama, int8 LLM": lambda: seconds_per_token(tts_int8, prompt),
         "TTS-Llama, int8 LLM, whole-vocabulary LM head": lambda: seconds_per_token(tts_int8, prompt, full_head=True),

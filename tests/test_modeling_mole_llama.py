@@ -427,6 +427,38 @@ def test_merged_expert_cache_gives_the_same_outputs_and_follows_weight_changes(t
     assert MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).config.merged_expert_cache
 
 
+
+@torch.no_grad()
+def test_float16_decoding_steps_in_float16_and_batches_with_the_same_rounded_weights(tiny_mole_dir, monkeypatch):
+    with pytest.raises(ValueError, match="merged_expert_cache=True"):
+        MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, float16_decoding=True)
+    plain = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).eval()
+    half = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True, float16_decoding=True).eval()
+    for model in (plain, half):
+        model.set_routing("speech")
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: calls.append(w.dtype) or linear(x, w, b))
+    ids = random_ids(plain.config.vocab_size, shape=(1, 7))
+    steps = half.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.float16 in calls and torch.float32 in calls  # one-token steps in float16, the prompt in float32
+    assert torch.equal(steps, plain.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0))
+    projection = half.model.layers[0].self_attn.q_proj
+    merged = projection.merged_weight("speech")
+    assert merged.dtype == torch.float32 and torch.equal(merged, merged.half().float())  # rounded to float16
+    assert not torch.equal(merged, plain.model.layers[0].self_attn.q_proj.merged_weight("speech"))
+    x = torch.randn(1, 1, projection.in_features)
+    # a batch differs from the one-token step only by that step's input rounded to float16
+    torch.testing.assert_close(projection(x), projection(x.expand(3, 1, -1))[:1], atol=1e-3, rtol=1e-2)
+    with pytest.MonkeyPatch.context() as patch:  # a product past float16's range is redone in float32
+        patch.setattr(projection, "_merged", {})
+        projection.weight.data.fill_(1.0)
+        projection.lora_B["speech"].data.zero_()
+        big = torch.full((1, 1, projection.in_features), 5e4)
+        result = projection(big)
+        assert torch.isfinite(result).all() and torch.equal(result, big.sum(-1, keepdim=True).expand_as(result))
+
+
 def _scramble_routers(model, seed: int) -> None:
     """Trained-looking routers: logits that depend on the token (a fresh router's output layer is zero)."""
     for layer in model.model.layers:

@@ -123,6 +123,13 @@ class MoLELlamaConfig(LlamaConfig):
             routing where every token chose it, as in one-token decoding) multiplies once by `W + s B A`, built on
             first use and kept, instead of `W x + s B A x`: base speed, at the memory of one more copy of the
             targeted weights per expert used.
+        float16_decoding (`bool`, *optional*, defaults to `False`):
+            With `merged_expert_cache`, on float32 weights: the kept weight is rounded to float16 precision, and a
+            step of one token of one sequence multiplies by its float16 copy (PyTorch's CPU matrix-vector kernel
+            for float16 accumulates in float32 and reads half the bytes); every other call multiplies by the same
+            rounded numbers in float32, so a batch differs from one text alone only by the step's input rounded to
+            float16. Memory-bound CPU decoding of SmolLM2-135M ran ~1.9x faster per token here, with the same
+            greedy units on 40 held-out sentences, alone and in batches (benchmarks/bench_tts.py).
         routing (`str`, *optional*):
             `None` uses the learned router; an expert name forces that expert for every token; `"base"` turns all
             experts off. Changed at run time with `set_routing`, and saved with the model.
@@ -151,6 +158,7 @@ class MoLELlamaConfig(LlamaConfig):
     router_context_prior_tokens: float | int = 0.0
     hard_routing: bool = False
     merged_expert_cache: bool = False
+    float16_decoding: bool = False
     routing: str | None = None
     base_model_name_or_path: str | None = None
     base_vocab_size: int | None = None
@@ -225,6 +233,10 @@ class MoLELlamaConfig(LlamaConfig):
             raise ValueError(
                 "router_context_prior and router_context_prior_tokens shape the running mean of "
                 "router_context='sequence': set router_context='sequence' too, or leave them unset"
+            )
+        if self.float16_decoding and not self.merged_expert_cache:
+            raise ValueError(
+                "float16_decoding keeps a float16 copy of the merged weights: set merged_expert_cache=True too"
             )
         if self.routing is not None and self.routing not in names + [NO_EXPERT]:
             raise ValueError(

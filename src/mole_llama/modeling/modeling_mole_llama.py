@@ -102,8 +102,9 @@ class MoLELinear(nn.Linear):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, experts: list, expert_names: list, cache_merged=False
-    ):
+        self, in_features: int, out_features: int, bias: bool, experts: list, expert_names: list, cache_merged=False,
+        float16_decoding=False,
+    ):  # fmt: skip
         super().__init__(in_features, out_features, bias=bias)
         self.gate_index = {expert["name"]: expert_names.index(expert["name"]) for expert in experts}
         self.lora_A = nn.ParameterDict({e["name"]: nn.Parameter(torch.empty(e["r"], in_features)) for e in experts})
@@ -120,7 +121,9 @@ class MoLELinear(nn.Linear):
         self.has_dropout = any(e["lora_dropout"] > 0 for e in experts)
         self.routing = NO_EXPERT
         self.cache_merged = cache_merged
-        self._merged = {}  # expert name -> (what it was computed from, W + s B A); not state: rebuilt when stale
+        self.float16_decoding = float16_decoding
+        # expert name -> (what it was computed from, W + s B A, its float16 copy or None); not state: rebuilt when stale
+        self._merged = {}
 
     def expert_update(self, name: str, x: torch.Tensor) -> torch.Tensor:
         hidden = F.linear(self.lora_dropout[name](x), self.lora_A[name]) * self.scaling[name]  # scale the narrow side
@@ -130,23 +133,42 @@ class MoLELinear(nn.Linear):
         """Expert `name` as a weight update, `s B A`, in float32 (PEFT's `get_delta_weight`)."""
         return self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float())
 
-    def merged_weight(self, name: str) -> torch.Tensor:
-        """`W + s B A` of expert `name`, computed on first use and kept until the weight or the expert changes: an
-        in-place change bumps a tensor's version, a move to another device or dtype gives the weight new storage."""
-        key = (self.weight.data_ptr(), self.weight._version, self.lora_A[name]._version, self.lora_B[name]._version)
+    def merged_weight(self, name: str, float16: bool = False) -> torch.Tensor:
+        """`W + s B A` of expert `name` (`W` for `"base"` or an expert this projection lacks), computed on first use
+        and kept until the weight or the expert changes: an in-place change bumps a tensor's version, a move to
+        another device or dtype gives the weight new storage. With `float16_decoding` (float32 weights), the kept
+        weight is rounded to float16 precision and its float16 copy kept too (`float16=True` returns it), so a
+        one-token step and a batch multiply by the same numbers."""
+        has_expert = name in self.lora_A
+        rounded = self.float16_decoding and self.weight.dtype == torch.float32
+        if not (has_expert or rounded):
+            return self.weight
+        key = (self.weight.data_ptr(), self.weight._version)
+        if has_expert:
+            key += (self.lora_A[name]._version, self.lora_B[name]._version)
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
-            cached = (key, (self.weight.float() + self.delta_weight(name)).to(self.weight.dtype))
+            weight = self.weight.float() + self.delta_weight(name) if has_expert else self.weight.float()
+            half = weight.half() if rounded else None
+            cached = (key, (weight if half is None else half.float()).to(self.weight.dtype), half)
             self._merged[name] = cached
-        return cached[1]
+        return cached[2] if float16 and cached[2] is not None else cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.routing
+        merged = self.cache_merged and not torch.is_grad_enabled() and not (self.training and self.has_dropout)
+        if isinstance(routing, str) and merged:
+            if self.float16_decoding and x.dtype == torch.float32 and x.numel() == x.shape[-1]:
+                # one token of one sequence: PyTorch's float16 matrix-vector kernel reads half the bytes and
+                # accumulates in float32 (the larger products of a batch or a prompt run faster in float32)
+                result = F.linear(x.half(), self.merged_weight(routing, float16=True)).float()
+                # a value past float16's range (Llama's "massive activations" reach ~3e4 in SmolLM2) makes the sum
+                # inf or NaN and takes the float32 product below (one sum: a quarter of `isfinite().all()`'s time)
+                if math.isfinite(result.sum().item()):
+                    return result if self.bias is None else result + self.bias
+            return F.linear(x, self.merged_weight(routing), self.bias)
         if isinstance(routing, str) and routing not in self.lora_A:
             return F.linear(x, self.weight, self.bias)
-        if isinstance(routing, str) and self.cache_merged and not torch.is_grad_enabled():
-            if not (self.training and self.has_dropout):
-                return F.linear(x, self.merged_weight(routing), self.bias)
         result = F.linear(x, self.weight, self.bias)
         lora_x = x.to(next(iter(self.lora_A.values())).dtype)  # as PEFT: experts may be kept in float32
         if isinstance(routing, str):
@@ -308,7 +330,7 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                     continue
                 mole = MoLELinear(
                     base.in_features, base.out_features, base.bias is not None, experts, config.expert_names,
-                    cache_merged=config.merged_expert_cache,
+                    cache_merged=config.merged_expert_cache, float16_decoding=config.float16_decoding,
                 )  # fmt: skip
                 setattr(parent, proj_name, mole)
 
