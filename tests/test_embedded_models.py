@@ -64,7 +64,6 @@ def test_it_speaks_held_out_sentences_that_whisper_understands(folder):
     assert clipped_sentence_wer(sentences, heard) < MAX_WER
 
 
-
 def test_its_float16_decoding_says_what_float32_steps_say(folder):
     """The assembled folder decodes one-token steps with float16 weights (`float16_decoding`, ~1.9x faster here):
     its greedy units measured identical to float32 steps' on 40 held-out sentences; the bound leaves room for other
@@ -75,6 +74,7 @@ def test_its_float16_decoding_says_what_float32_steps_say(folder):
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:3]
     units = [shipped.speech_units(text) for text in sentences]
     assert unit_error_rate([plain.speech_units(text) for text in sentences], units) <= 0.05
+
 
 def test_its_int8_llm_still_speaks_what_whisper_understands(folder):
     from mole_llama.conversion.int8 import quantize_llm_int8

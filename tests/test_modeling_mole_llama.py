@@ -427,7 +427,6 @@ def test_merged_expert_cache_gives_the_same_outputs_and_follows_weight_changes(t
     assert MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, merged_expert_cache=True).config.merged_expert_cache
 
 
-
 @torch.no_grad()
 def test_float16_decoding_steps_in_float16_and_batches_with_the_same_rounded_weights(tiny_mole_dir, monkeypatch):
     with pytest.raises(ValueError, match="merged_expert_cache=True"):
