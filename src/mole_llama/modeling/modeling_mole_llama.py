@@ -158,7 +158,7 @@ class MoLELinear(nn.Linear):
         routing = self.routing
         merged = self.cache_merged and not torch.is_grad_enabled() and not (self.training and self.has_dropout)
         if isinstance(routing, str) and merged:
-            if self.float16_decoding and x.dtype == torch.float32 and x.numel() == x.shape[-1]:
+            if self.float16_decoding and x.dtype == self.weight.dtype == torch.float32 and x.numel() == x.shape[-1]:
                 # one token of one sequence: PyTorch's float16 matrix-vector kernel reads half the bytes and
                 # accumulates in float32 (the larger products of a batch or a prompt run faster in float32)
                 result = F.linear(x.half(), self.merged_weight(routing, float16=True)).float()
