@@ -130,7 +130,17 @@ Text in, speech out (the MoLE-Llama answers in text, then says its answer; Whisp
 """
 
 
-def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, extra: str = "") -> str:
+def acoustic_decoding(folder: Path) -> str:
+    """How the assembled `folder` turns units into audio by default, in words (its generation_config.json)."""
+    settings = json.loads((folder / "generation_config.json").read_text())
+    words = f"acoustic LM sampled at temperature {settings['acoustic_temperature']}, top-k {settings['acoustic_top_k']}"
+    if settings.get("acoustic_expected_decoding"):
+        words += " (the codec decodes the expected codebook vectors of its distributions, not the drawn codes)"
+    return words
+
+
+def card_text(name: str, rates: dict, truth: dict, facts: dict, args, seconds: float, folder: Path,
+              extra: str = "") -> str:  # fmt: skip
     voices = [voice for voice in rates if voice != "all"]
     mole_notes = [("Text expert", args.text_expert_notes), ("Routers", args.router_notes)]
     mole_notes = mole_notes if name == "mole-llama" else []
@@ -181,7 +191,7 @@ speaker = pipeline("text-to-speech", model=str(embedded_model_path("{name}")))
 |---|---:|---:|---:|
 {table}
 
-Units: greedy from the LLM; durations: the predictor's medians; acoustic LM sampled at temperature 0.4, top-k 10,
+Units: greedy from the LLM; durations: the predictor's medians; {acoustic_decoding(folder)},
 prompted with one 2-5 s clip of the voice (a training clip; for the held-out voice, never heard in training, its
 reading of another held-out sentence). `mole-llama evaluate-speech --corpus CORPUS --sentences {args.sentences}`
 reproduces the table ({"`mole-llama evaluate`, with the QA data, for a MoLE-Llama" if name == "mole-llama" else "it"}
@@ -283,16 +293,8 @@ def main():
                 args.prompts,
             )  # fmt: skip
             speaking, extra = "MoLE-Llama", mole_section(metrics)
-    rates, truth = metrics["intelligibility"][speaking], metrics["intelligibility"]["ground truth"]
-    card = card_text(
-        args.name,
-        rates,
-        truth,
-        facts,
-        args,
-        time.perf_counter() - started,
-        extra,
-    )
+        rates, truth = metrics["intelligibility"][speaking], metrics["intelligibility"]["ground truth"]
+        card = card_text(args.name, rates, truth, facts, args, time.perf_counter() - started, folder, extra)
     (shipped / "README.md").write_text(card)
     ModelCard.load(shipped / "README.md")  # parses
     print(card)

@@ -246,6 +246,40 @@ def test_streamed_codes_equal_generate_for_the_same_seed(unit_rate, max_frames):
         model.stream().push([25])
 
 
+def test_code_probabilities_are_each_frames_distributions_beside_the_same_codes(model):
+    units = [random_units(n, n) for n in (5, 8)]
+    settings = dict(prompt_codes=[random_codes(4, 1), None], seed=[3, 4], temperature=0.7, top_k=4)
+    codes = model.generate(units, **settings)
+    output = model.generate(units, **settings, return_dict_in_generate=True, output_code_probabilities=True)
+    assert torch.equal(output.codes, codes)  # asking for them draws nothing more
+    probabilities = output.code_probabilities
+    assert probabilities.shape == (2, 3, 16, 16)
+    first = probabilities[0, :, : output.lengths[0]]
+    torch.testing.assert_close(first.sum(dim=-1), torch.ones(3, int(output.lengths[0])))
+    assert (probabilities[0, :, output.lengths[0] :] == 0).all()  # past the shorter item's end
+    # the teacher-forced forward over the drawn codes gives the same distributions (temperature 1, no filter)
+    with torch.no_grad():
+        logits = model(
+            units[0][None], codes[:1, :, : output.lengths[0]], prompt_codes=settings["prompt_codes"][0][None]
+        ).logits
+    torch.testing.assert_close(first, logits[0].float().softmax(dim=-1).transpose(0, 1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs return_dict_in_generate"):
+        model.generate(units, output_code_probabilities=True)
+
+
+def test_streamed_code_probabilities_match_generate():
+    model = tiny_model(semantic_unit_rate=25)
+    units, prompt = random_units(13, 3).tolist(), random_codes(5, 2)
+    output = model.generate(
+        units, prompt_codes=prompt[None], seed=9, return_dict_in_generate=True, output_code_probabilities=True
+    )
+    stream = model.stream(prompt_codes=prompt, seed=9, output_code_probabilities=True)
+    made = [stream.push(units[start : start + 3]) for start in range(0, len(units), 3)] + [stream.finish()]
+    assert torch.equal(torch.cat([codes for codes, _ in made], dim=-1), output.codes[0])
+    streamed = torch.cat([probabilities for _, probabilities in made], dim=1)
+    torch.testing.assert_close(streamed, output.code_probabilities[0], rtol=1e-4, atol=1e-6)  # windows: float rounding
+
+
 def test_seed_gives_reproducible_samples_without_touching_global_rng(model):
     units = random_units(8, 6)
     state = torch.get_rng_state()

@@ -103,6 +103,31 @@ def test_streamed_decoding_equals_decode(factor, lookahead):
     assert 0 < early < whole.shape[-1]  # audio came out before the last codes
 
 
+def test_decoding_expected_vectors(codec):
+    codes = codec.encode(chirps(2, seconds=1.0, seed=5))
+    one_hot = torch.nn.functional.one_hot(codes, 16).float()  # (batch, codebooks, frames, entries)
+    whole = codec.decode(codes)
+    torch.testing.assert_close(codec.decode_expected(one_hot), whole, rtol=0, atol=1e-5)  # certainty: the codes
+    # halfway between each frame's code and the next entry: the mean of the two vectors, a different sound
+    halves = 0.5 * one_hot + 0.5 * torch.nn.functional.one_hot((codes + 1) % 16, 16).float()
+    mixed = codec.decode_expected(halves)
+    assert mixed.shape == whole.shape and (mixed - whole).abs().max() > 1e-2
+    vectors = 0.5 * (codec.quantizer.lookup(codes) + codec.quantizer.lookup((codes + 1) % 16))
+    torch.testing.assert_close(codec.quantizer.expected(halves), vectors)
+    stream = codec.decode_stream()
+    chunks = [stream.push_expected(halves[:, :, start : start + 4]) for start in range(0, codes.shape[-1], 4)]
+    assert torch.equal(torch.cat(chunks + [stream.finish()], dim=-1), mixed)
+    for bad, message in (
+        (codes, "float tensor"),
+        (one_hot[:, :2], r"\(batch, 3, frames, 16\)"),
+        (one_hot * 2, "sum to 1"),
+        (one_hot - 0.5, "negative"),
+        (one_hot[:, :, :0], "at least one frame"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            codec.decode_expected(bad)
+
+
 def test_a_shorter_decode_lookahead_streams_sooner_and_changes_only_a_little():
     full, short = tiny_codec(), tiny_codec(decode_lookahead_frames=2)
     assert full.decode_lookahead == full.decoder_lookahead > 2 and short.decode_lookahead == 2

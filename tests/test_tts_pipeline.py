@@ -100,7 +100,11 @@ def test_our_models_get_a_tts_llama_pipeline_with_its_extras(tts_dir, tmp_path):
     chunks = list(speaker.stream("First one. Second one.", seed=4))
     assert len(chunks) >= 3 and all(chunk["sampling_rate"] == 16000 for chunk in chunks)  # 2 pieces, a pause
     joined = np.concatenate([chunk["audio"] for chunk in chunks])
-    np.testing.assert_array_equal(joined, speaker("First one. Second one.", seed=4)["audio"])
+    # the expected codebook vectors (on for the mel codec) are float sums, computed in windows while streaming
+    np.testing.assert_allclose(joined, speaker("First one. Second one.", seed=4)["audio"], atol=1e-4)
+    drawn = {"acoustic_expected_decoding": False}  # the drawn codes: the very same samples
+    joined = np.concatenate([chunk["audio"] for chunk in speaker.stream("First one. Second one.", seed=4, **drawn)])
+    np.testing.assert_array_equal(joined, speaker("First one. Second one.", seed=4, **drawn)["audio"])
     for bad, message in (([], "non-empty list"), ([3], "strings"), ("Hi.", "batch_size=0")):
         with pytest.raises(ValueError, match=message):
             speaker(bad, batch_size=0) if bad == "Hi." else speaker(bad)
@@ -295,6 +299,11 @@ def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
     chunks = list(model.stream(text, seed=3))
     assert len(chunks) >= 5  # three pieces and the two pauses between them
     whole = model.generate(tokenizer(text, return_tensors="pt").input_ids, seed=3)["audio"][0]
+    # the expected codebook vectors are float sums of distributions computed in windows: equal to float rounding
+    torch.testing.assert_close(torch.cat(chunks), whole, rtol=0, atol=1e-4)
+    drawn = {"acoustic_expected_decoding": False}  # decoding the drawn codes: the very same samples
+    chunks = list(model.stream(text, seed=3, **drawn))
+    whole = model.generate(tokenizer(text, return_tensors="pt").input_ids, seed=3, **drawn)["audio"][0]
     assert torch.equal(torch.cat(chunks), whole)
 
 
@@ -329,7 +338,21 @@ def test_a_codec_without_a_streaming_decoder_streams_whole_pieces(tts_dir, monke
     text = "One short sentence. And a second one!"
     chunks = list(model.stream(text, seed=3))
     assert len(chunks) == 3  # a piece, the pause, a piece
-    assert torch.equal(torch.cat(chunks), model.speak(text, seed=3))
+    torch.testing.assert_close(torch.cat(chunks), model.speak(text, seed=3), rtol=0, atol=1e-4)
+    drawn = {"acoustic_expected_decoding": False}
+    assert torch.equal(torch.cat(list(model.stream(text, seed=3, **drawn))), model.speak(text, seed=3, **drawn))
+
+
+def test_the_mel_codec_decodes_expected_vectors_by_default(tts_dir, monkeypatch):
+    assert json.loads((tts_dir / "generation_config.json").read_text())["acoustic_expected_decoding"] is True
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    expected = model.speak("Two words here.", seed=6)
+    drawn = model.speak("Two words here.", seed=6, acoustic_expected_decoding=False)
+    assert expected.shape == drawn.shape and (expected - drawn).abs().max() > 1e-3  # same frames, other vectors
+    monkeypatch.setattr(model, "speech_units_batch", _never_called)
+    monkeypatch.setattr(model.codec, "decode_expected", None, raising=False)  # as EnCodec's adapter has none
+    with pytest.raises(ValueError, match="acoustic_expected_decoding=True needs a codec.*pass acoustic_expected"):
+        model.speak("Two words here.", seed=6)
 
 
 def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkeypatch):
@@ -343,6 +366,7 @@ def test_unknown_or_out_of_range_generation_settings_are_refused(tts_dir, monkey
         ({"top_k": 0}, "top_k=0"),
         ({"acoustic_top_k": 2.5}, "acoustic_top_k=2.5"),
         ({"do_sample": "yes"}, "do_sample='yes'"),
+        ({"acoustic_expected_decoding": 1}, "acoustic_expected_decoding=1"),
         ({"speed": 1.2}, "need a model that times its units"),  # this tiny model speaks frame-level units
     ]
     for settings, message in cases:

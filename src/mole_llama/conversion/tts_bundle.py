@@ -44,6 +44,9 @@ def save_tts_model(
     model.load_state_dict(llm.state_dict())
     model.generation_config = copy.deepcopy(llm.generation_config)
     model.generation_config.max_new_tokens = max_new_tokens
+    if getattr(model.generation_config, "acoustic_expected_decoding", None) is None:
+        # on where the codec can decode code distributions (the mel codec): measured more intelligible there
+        model.generation_config.acoustic_expected_decoding = callable(getattr(codec, "decode_expected", None))
     if duration_predictor is not None and duration_predictor.config.num_units != num_speech_units:
         raise ValueError(
             f"the duration predictor times {duration_predictor.config.num_units} units, "

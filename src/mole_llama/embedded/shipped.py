@@ -49,9 +49,9 @@ def _check_name(name: str) -> Path:
     return folder
 
 
-ASSEMBLY_VERSION = 3
-"""Raised when `_assemble` builds the folder differently (2: the merged-expert cache on; 3: float16 decoding on),
-so caches rebuild."""
+ASSEMBLY_VERSION = 4
+"""Raised when `_assemble` builds the folder differently (2: the merged-expert cache on; 3: float16 decoding on;
+4: expected-vector acoustic decoding on), so caches rebuild."""
 
 
 def _digest(*folders: Path) -> str:

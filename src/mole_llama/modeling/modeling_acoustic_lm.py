@@ -73,10 +73,14 @@ class AcousticLMGenerateOutput(ModelOutput):
         Generated acoustic codes; frames past an item's end hold `PAD_CODE` (-100).
     lengths (`torch.LongTensor` of shape `(batch,)`):
         Number of real frames of each item.
+    code_probabilities (`torch.FloatTensor` of shape `(batch, num_codebooks, frames, codebook_size)`, *optional*):
+        With `output_code_probabilities=True`: each frame's distribution over each codebook's codes (softmax of its
+        logits at temperature 1, given the codes chosen for the frame's lower codebooks); zero past an item's end.
     """
 
     codes: torch.LongTensor | None = None
     lengths: torch.LongTensor | None = None
+    code_probabilities: torch.FloatTensor | None = None
 
 
 def _split_batch(values, mask, item_dim: int, name: str, mask_name: str, pad_is_negative: bool = False) -> list:
@@ -497,24 +501,31 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
         return inputs, attention_mask, position_ids[:, -1:] + 1
 
-    def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose) -> torch.LongTensor:
-        """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`."""
+    def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose, with_probabilities: bool = False):
+        """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`,
+        and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
         hidden = self.model(
             inputs_embeds=inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
         ).last_hidden_state[:, -1]
         lower = torch.zeros_like(hidden)
-        codes = []
+        codes, probabilities = [], []
         for codebook in range(self.config.num_codebooks):
-            codes.append(choose(self._head_logits(hidden, codebook, lower)))
+            logits = self._head_logits(hidden, codebook, lower)
+            codes.append(choose(logits))
+            if with_probabilities:
+                probabilities.append(logits.float().softmax(dim=-1))
             if codebook < self.config.num_codebooks - 1:
                 lower = lower + self.depth_embed(codes[-1] + codebook * self.config.codebook_size)
-        return torch.stack(codes, dim=1)
+        return torch.stack(codes, dim=1), torch.stack(probabilities, dim=1) if with_probabilities else None
 
     def stream(self, prompt_codes=None, max_frames=None, temperature: float = 1.0, top_k=None, top_p=None,
-               do_sample: bool = True, seed=None) -> "AcousticCodeStream":  # fmt: skip
+               do_sample: bool = True, seed=None, output_code_probabilities: bool = False):  # fmt: skip
         """`generate` for one item whose units arrive a few at a time (`push`, then `finish`): codes come out as
-        soon as the units their frames hear are known, the same codes `generate` gives for the same seed."""
-        return AcousticCodeStream(self, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed)
+        soon as the units their frames hear are known, the same codes `generate` gives for the same seed (with
+        `output_code_probabilities`, each as `(codes, code_probabilities)`): an `AcousticCodeStream`."""
+        return AcousticCodeStream(
+            self, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed, output_code_probabilities
+        )
 
     @torch.no_grad()
     def generate(
@@ -530,6 +541,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         seed: int | list | None = None,
         max_frames: int | None = None,
         return_dict_in_generate: bool = False,
+        output_code_probabilities: bool = False,
     ):
         r"""
         Acoustic codes for `semantic_units`, one frame per step with the KV cache.
@@ -550,6 +562,8 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
                 alone or in any batch.
             max_frames: a hard cap on the frames per item.
             return_dict_in_generate: return an `AcousticLMGenerateOutput` with the per-item `lengths`.
+            output_code_probabilities: also return each frame's code distributions (`code_probabilities`), what a
+                codec's `decode_expected` turns into the expected codebook vectors; needs `return_dict_in_generate`.
 
         Returns:
             `torch.LongTensor` of shape `(batch, num_codebooks, frames)`.
@@ -559,6 +573,10 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         prompts = self._prepare_prompts(prompt_codes, prompt_codes_mask, len(units))
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames={max_frames} must be at least 1 (or None for the length of the units)")
+        if output_code_probabilities and not return_dict_in_generate:
+            raise ValueError(
+                "output_code_probabilities=True needs return_dict_in_generate=True (they come in its output)"
+            )
         lengths = [self.num_frames(item.numel()) for item in units]
         if max_frames is not None:
             lengths = [min(length, max_frames) for length in lengths]
@@ -571,16 +589,26 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         cache = DynamicCache(config=self.model.config)
         batch_size, num_codebooks = len(units), self.config.num_codebooks
         codes = torch.full((batch_size, num_codebooks, frames), PAD_CODE, dtype=torch.long, device=self.device)
+        probabilities = None
+        if output_code_probabilities:
+            size = (batch_size, num_codebooks, frames, self.config.codebook_size)
+            probabilities = torch.zeros(size, device=self.device)
         for frame in range(frames):
-            codes[:, :, frame] = self._generate_frame(inputs, attention_mask, position_ids, cache, choose)
+            codes[:, :, frame], frame_probabilities = self._generate_frame(
+                inputs, attention_mask, position_ids, cache, choose, output_code_probabilities
+            )
+            if output_code_probabilities:
+                probabilities[:, :, frame] = frame_probabilities
             if frame + 1 < frames:
                 inputs, attention_mask, position_ids = self._next_step(
                     layout["conditioning"][:, frame + 1], codes[:, :, frame], attention_mask, position_ids
                 )
         past_end = torch.arange(frames, device=self.device)[None, :] >= layout["lengths"][:, None]
         codes = codes.masked_fill(past_end[:, None, :], PAD_CODE)
+        if output_code_probabilities:
+            probabilities = probabilities.masked_fill(past_end[:, None, :, None], 0.0)
         if return_dict_in_generate:
-            return AcousticLMGenerateOutput(codes=codes, lengths=layout["lengths"])
+            return AcousticLMGenerateOutput(codes=codes, lengths=layout["lengths"], code_probabilities=probabilities)
         return codes
 
 
@@ -589,13 +617,17 @@ class AcousticCodeStream:
 
     A frame is generated once every unit its conditioning hears is known (`unit_context_lookahead` frames past it),
     or the units are finished; the decoder, the KV cache, the sampler and the seed are `generate`'s, so the codes
-    are those `generate` gives the whole sequence with the same seed. Make one with `model.stream(...)`.
+    are those `generate` gives the whole sequence with the same seed. Make one with `model.stream(...)`; with
+    `output_code_probabilities`, `push` and `finish` return `(codes, code_probabilities)`, the latter
+    `[num_codebooks, frames, codebook_size]` as `generate` gives them.
     """
 
-    def __init__(self, model, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed):
+    def __init__(self, model, prompt_codes, max_frames, temperature, top_k, top_p, do_sample, seed,
+                 output_code_probabilities: bool = False):  # fmt: skip
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames={max_frames} must be at least 1 (or None for the length of the units)")
         self.model, self.max_frames = model, max_frames
+        self.output_code_probabilities = output_code_probabilities
         self.prompt = model._prepare_prompts(None if prompt_codes is None else [prompt_codes], None, 1)[0]
         self.choose = model._sampler(temperature, top_k, top_p, do_sample, model._generators(seed, 1))
         self.units = []
@@ -605,7 +637,7 @@ class AcousticCodeStream:
         self.finished = False
 
     @torch.no_grad()
-    def push(self, units) -> torch.LongTensor:
+    def push(self, units):
         """Add frame-level units (a sequence of ints); returns the new codes `[num_codebooks, frames]`."""
         if self.finished:
             raise RuntimeError("this acoustic code stream is finished: start a new one for new units")
@@ -616,7 +648,7 @@ class AcousticCodeStream:
         return self._advance()
 
     @torch.no_grad()
-    def finish(self) -> torch.LongTensor:
+    def finish(self):
         """The remaining codes `[num_codebooks, frames]`, once every unit has been pushed."""
         if not self.units:
             raise ValueError("no semantic units were pushed: give at least one unit")
@@ -629,7 +661,7 @@ class AcousticCodeStream:
         unit_index, _ = self.model.align_units(self.model.num_frames(count) + 2)
         return int((unit_index < count).sum())
 
-    def _advance(self) -> torch.LongTensor:
+    def _advance(self):
         model = self.model
         heard = self._frames_heard()
         total = None  # the item's frame count, once known
@@ -641,12 +673,19 @@ class AcousticCodeStream:
         ready = total if total is not None else max(0, heard - model.unit_context_lookahead)
         model._check_length(self.prompt.shape[1], ready, 0)
         self._condition(ready, total if total is not None else heard)
-        codes = []
+        frames = []
         while self.generated < ready:
-            codes.append(self._generate_frame())
-        if not codes:
-            return torch.zeros(model.config.num_codebooks, 0, dtype=torch.long, device=model.device)
-        return torch.stack(codes, dim=-1)[0]
+            frames.append(self._generate_frame())
+        config = model.config
+        if frames:
+            codes = torch.stack([codes for codes, _ in frames], dim=-1)[0]
+        else:
+            codes = torch.zeros(config.num_codebooks, 0, dtype=torch.long, device=model.device)
+        if not self.output_code_probabilities:
+            return codes
+        if frames:
+            return codes, torch.stack([probabilities for _, probabilities in frames], dim=2)[0]
+        return codes, torch.zeros(config.num_codebooks, 0, config.codebook_size, device=model.device)
 
     def _condition(self, ready: int, known: int) -> None:
         """Extend the conditioning to frames `[.., ready)`, from a window of the `known` frames around them."""
@@ -662,8 +701,9 @@ class AcousticCodeStream:
         new = window[:, done - start : ready - start]
         self.conditioning = new if self.conditioning is None else torch.cat([self.conditioning, new], dim=1)
 
-    def _generate_frame(self) -> torch.LongTensor:
-        """The next frame's codes `[1, num_codebooks]`, as `generate`'s loop makes them."""
+    def _generate_frame(self) -> tuple:
+        """The next frame's codes `[1, num_codebooks]` (and distributions, or None), as `generate`'s loop makes
+        them."""
         model, frame = self.model, self.generated
         if frame == 0:  # the voice prompt and the first frame in one pass, as `generate` starts
             layout = model._layout([torch.tensor(self.units)], [self.prompt], [1])
@@ -675,10 +715,12 @@ class AcousticCodeStream:
             inputs, attention_mask, position_ids = model._next_step(
                 self.conditioning[:, frame], previous, attention_mask, position_ids
             )
-        codes = model._generate_frame(inputs, attention_mask, position_ids, cache, self.choose)
+        codes, probabilities = model._generate_frame(
+            inputs, attention_mask, position_ids, cache, self.choose, self.output_code_probabilities
+        )
         self.step = (codes, attention_mask, position_ids, cache)
         self.generated += 1
-        return codes
+        return codes, probabilities
 
 
 # Saving copies this file and its configuration beside the weights (see `save_pretrained` for the auto_map).

@@ -216,6 +216,11 @@ class ResidualVectorQuantizer(nn.Module):
         stages = torch.arange(self.num_codebooks, device=codes.device)[None, :, None]
         return self.codebooks[stages, codes].sum(dim=1).transpose(1, 2)
 
+    def expected(self, code_probabilities: torch.Tensor) -> torch.Tensor:
+        """`code_probabilities (batch, stages, frames, codebook_size)` -> the summed expected codebook vectors
+        `(batch, dim, frames)`: `lookup` of one-hot distributions, a mean of the entries otherwise."""
+        return torch.einsum("bkfs,ksd->bdf", code_probabilities.to(self.codebooks.dtype), self.codebooks)
+
 
 class MelCodecPreTrainedModel(PreTrainedModel):
     config_class = MelCodecConfig
@@ -297,6 +302,14 @@ class MelCodecModel(MelCodecPreTrainedModel):
         """`codes (batch, num_codebooks, frames)` -> `waveform (batch, samples)` in [-1, 1], by Griffin-Lim."""
         stream = MelCodecDecodeStream(self)
         return torch.cat([stream.push(codes), stream.finish()], dim=-1)
+
+    @torch.no_grad()
+    def decode_expected(self, code_probabilities: torch.FloatTensor) -> torch.FloatTensor:
+        """`decode` of each frame's expected codebook vectors under `code_probabilities (batch, num_codebooks,
+        frames, codebook_size)` (an acoustic LM's distributions) instead of one drawn code per codebook: the mean
+        leaves out the draw's noise, which made sampled speech harder to understand (`benchmarks/` measures it)."""
+        stream = MelCodecDecodeStream(self)
+        return torch.cat([stream.push_expected(code_probabilities), stream.finish()], dim=-1)
 
     def decode_stream(self) -> "MelCodecDecodeStream":
         """A decoder fed codes a few frames at a time (`push`, then `finish`), giving audio as it becomes final:
@@ -422,7 +435,7 @@ class MelCodecDecodeStream:
     def __init__(self, codec: MelCodecModel):
         self.codec = codec
         self.vocoder = GriffinLimStream(codec.features, **codec._griffin_lim_settings())
-        self.codes = None
+        self.latent = None  # the decoder's input so far, (batch, codebook_dim, frames)
         self.done = 0  # code frames whose log-mel went to the vocoder
         self.blocks_done = 0
 
@@ -431,22 +444,36 @@ class MelCodecDecodeStream:
         """Add code frames `(batch, num_codebooks, frames)`; returns the samples `(batch, samples)` now final."""
         config = self.codec.config
         codes = check_codes(codes, config.num_codebooks, config.codebook_size).to(self.codec.mel_mean.device)
-        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+        return self._push_latent(self.codec.quantizer.lookup(codes))
+
+    @torch.no_grad()
+    def push_expected(self, code_probabilities: torch.FloatTensor) -> torch.FloatTensor:
+        """`push` for frames given as code distributions `(batch, num_codebooks, frames, codebook_size)`: their
+        expected codebook vectors are decoded (`MelCodecModel.decode_expected`)."""
+        config = self.codec.config
+        code_probabilities = check_code_probabilities(code_probabilities, config.num_codebooks, config.codebook_size)
+        return self._push_latent(self.codec.quantizer.expected(code_probabilities.to(self.codec.mel_mean.device)))
+
+    def _push_latent(self, latent: torch.Tensor) -> torch.FloatTensor:
+        if self.latent is not None and latent.shape[0] != self.latent.shape[0]:
+            raise ValueError(f"pushed {latent.shape[0]} clip(s) after {self.latent.shape[0]}: push the same batch")
+        self.latent = latent if self.latent is None else torch.cat([self.latent, latent], dim=-1)
         pieces = []
-        while self._block_end() + self.codec.decode_lookahead <= self.codes.shape[-1]:
+        while self._block_end() + self.codec.decode_lookahead <= self.latent.shape[-1]:
             pieces.append(self._decode_block(self._block_end()))
-        return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.codes.shape[0], 0)
+        return torch.cat(pieces, dim=-1) if pieces else torch.zeros(self.latent.shape[0], 0)
 
     @torch.no_grad()
     def finish(self) -> torch.FloatTensor:
         """The remaining samples, once every code frame has been pushed."""
-        if self.codes is None:
+        if self.latent is None:
             raise ValueError("no code frames were pushed: give at least one frame")
-        if self.codes.shape[-1] * self.codec.config.downsampling_factor < 2:
-            raise ValueError(f"{self.codes.shape[-1]} code frame(s) are too short: Griffin-Lim needs 2 log-mel frames")
+        frames = self.latent.shape[-1]
+        if frames * self.codec.config.downsampling_factor < 2:
+            raise ValueError(f"{frames} code frame(s) are too short: Griffin-Lim needs 2 log-mel frames")
         pieces = []
-        while self.done < self.codes.shape[-1]:
-            pieces.append(self._decode_block(min(self._block_end(), self.codes.shape[-1])))
+        while self.done < frames:
+            pieces.append(self._decode_block(min(self._block_end(), frames)))
         return torch.cat(pieces + [self.vocoder.finish()], dim=-1)
 
     def _block_end(self) -> int:
@@ -456,7 +483,8 @@ class MelCodecDecodeStream:
         """Decode code frames `[done, end)` from the window around them and pass their log-mel to the vocoder."""
         factor = self.codec.config.downsampling_factor
         start = max(0, self.done - self.codec.decoder_lookahead)
-        log_mel = self.codec.decode_log_mel(self.codes[..., start : end + self.codec.decode_lookahead])
+        window = self.latent[..., start : end + self.codec.decode_lookahead]
+        log_mel = self.codec.denormalize(self.codec.decoder(window))
         samples = self.vocoder.push(log_mel[..., (self.done - start) * factor : (end - start) * factor])
         self.done = end
         self.blocks_done += 1
@@ -522,6 +550,27 @@ def check_codes(codes, num_codebooks: int, codebook_size: int) -> torch.LongTens
             f"(0..{codebook_size - 1}): were they made by another codec?"
         )
     return codes.long()
+
+
+def check_code_probabilities(code_probabilities, num_codebooks: int, codebook_size: int) -> torch.FloatTensor:
+    """A float `(batch, num_codebooks, frames, codebook_size)` tensor of distributions: finite, non-negative, each
+    summing to 1."""
+    if not isinstance(code_probabilities, torch.Tensor) or not code_probabilities.is_floating_point():
+        raise ValueError(
+            f"code_probabilities must be a float tensor (batch, num_codebooks, frames, codebook_size), got "
+            f"{type(code_probabilities).__name__}"
+        )
+    shape = tuple(code_probabilities.shape)
+    if len(shape) != 4 or shape[1] != num_codebooks or shape[3] != codebook_size or 0 in shape:
+        raise ValueError(
+            f"code_probabilities must be (batch, {num_codebooks}, frames, {codebook_size}) for this codec's "
+            f"{num_codebooks} codebooks of {codebook_size} entries, with at least one frame; got shape {shape}"
+        )
+    if not torch.isfinite(code_probabilities).all() or (code_probabilities < 0).any():
+        raise ValueError("code_probabilities holds negative, NaN or infinite values: give softmax outputs")
+    if ((code_probabilities.sum(dim=-1) - 1).abs() > 1e-3).any():
+        raise ValueError("code_probabilities do not sum to 1 over each codebook's entries: give softmax outputs")
+    return code_probabilities
 
 
 # Saving copies this file, its configuration and audio_features.py beside the weights (see `save_pretrained`).

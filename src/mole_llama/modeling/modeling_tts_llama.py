@@ -59,11 +59,16 @@ PROGRESS_MIN_PIECES = 4
 PAUSE_SECONDS = 0.15
 MIN_VOICE_SECONDS = 1.0
 SPEECH_GENERATION_DEFAULTS = {"acoustic_temperature": 0.4, "acoustic_top_k": 10, "acoustic_do_sample": True,
-                              "duration_temperature": 0.0, "speed": 1.0}  # fmt: skip
+                              "acoustic_expected_decoding": False, "duration_temperature": 0.0,
+                              "speed": 1.0}  # fmt: skip
 """The speech parts' sampling settings a saved model writes into its generation_config.json (the acoustic LM's were
-measured best in benchmarks/); a call's own settings override them, and a folder saved without them gets these."""
+measured best in benchmarks/); a call's own settings override them, and a folder saved without them gets these.
+`acoustic_expected_decoding`: the codec decodes each frame's expected codebook vectors under the acoustic LM's
+distributions instead of the drawn codes (the draws still feed the acoustic LM's next frame); `save_tts_model` turns
+it on for a codec that can (`decode_expected`: the mel codec), where it was measured more intelligible."""
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
-SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample")
+SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample",
+               "acoustic_expected_decoding")  # fmt: skip
 PIPELINE_KEYS = ("return_dict_in_generate", "pad_token_id")
 """What the stock pipeline adds to every call: the output is always a dict, and one text is decoded at a time with the
 tokenizer's own pad token, so both are taken and need nothing."""
@@ -95,7 +100,7 @@ def check_speaking_kwargs(kwargs: dict) -> None:
             raise ValueError(f"{name}={value!r}: give a whole number of at least 1 (or None to keep every token)")
     if kwargs.get("top_p") is not None and not (isinstance(kwargs["top_p"], (int, float)) and 0 < kwargs["top_p"] <= 1):
         raise ValueError(f"top_p={kwargs['top_p']!r}: give a number in (0, 1]")
-    for name in ("do_sample", "acoustic_do_sample"):
+    for name in ("do_sample", "acoustic_do_sample", "acoustic_expected_decoding"):
         if name in kwargs and not isinstance(kwargs[name], bool):
             raise ValueError(f"{name}={kwargs[name]!r}: give True or False")
 
@@ -370,6 +375,13 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             if timed:
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
                                  "speaks frame-level units")  # fmt: skip
+        if self.speech_setting("acoustic_expected_decoding", kwargs) and not callable(
+            getattr(self.codec, "decode_expected", None)
+        ):
+            raise ValueError(
+                f"acoustic_expected_decoding=True needs a codec that decodes code distributions; this model's "
+                f"{type(self.codec).__name__} decodes codes only: pass acoustic_expected_decoding=False"
+            )
         pieces = split_text(spoken_form(check_tts_text(text)))  # numbers as words, before the caps are counted
         specials = sorted(token for token in self.tokenizer.all_special_tokens if token in text)
         if specials:  # the tokenizer would read them as control tokens (a turn's end, a new turn), not as words
@@ -502,6 +514,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             prompts = [None if codes is None else codes.to(self.device) for codes in prompt_codes]
         else:
             prompts = None if prompt_codes is None else prompt_codes[None].to(self.device)
+        expected = self.speech_setting("acoustic_expected_decoding", kwargs)
         output = self.acoustic_lm.generate(
             [torch.tensor(piece, device=self.device) for piece in frames],
             prompt_codes=prompts,
@@ -510,13 +523,21 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             do_sample=self.speech_setting("acoustic_do_sample", kwargs),
             seed=list(seeds),
             return_dict_in_generate=True,
+            output_code_probabilities=expected,
         )
+        if expected:
+            return [self._decode_expected(output.code_probabilities[index : index + 1, :, : int(length)])
+                    for index, length in enumerate(output.lengths)]  # fmt: skip
         return [self._decode(output.codes[index : index + 1, :, : int(length)]) for index, length in
                 enumerate(output.lengths)]  # fmt: skip
 
     def _decode(self, codes: torch.LongTensor) -> torch.Tensor:
         """One piece's codes -> its waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
         return self.codec.decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
+
+    def _decode_expected(self, code_probabilities: torch.Tensor) -> torch.Tensor:
+        """One piece's code distributions -> its waveform from their expected codebook vectors."""
+        return self.codec.decode_expected(hold_short_codes(code_probabilities))[0].float().clamp(-1, 1).cpu()
 
 
 STREAM_INT8_WORKER_THREADS = 1

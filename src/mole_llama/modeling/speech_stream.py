@@ -29,12 +29,13 @@ def warn_frames_cut(frames: int, max_frames: int, frame_rate: float) -> None:
     )
 
 
-def hold_short_codes(codes: torch.LongTensor) -> torch.LongTensor:
-    """`[batch, num_codebooks, frames]` codes of fewer than `MIN_DECODE_FRAMES` frames, their last frame held."""
-    if codes.shape[-1] >= MIN_DECODE_FRAMES:
+def hold_short_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes `[batch, num_codebooks, frames]` (or their distributions, `[batch, num_codebooks, frames, size]`) of
+    fewer than `MIN_DECODE_FRAMES` frames, their last frame held."""
+    if codes.shape[2] >= MIN_DECODE_FRAMES:
         return codes
-    logger.warning("the piece is %d acoustic frame(s) long: held to %d", codes.shape[-1], MIN_DECODE_FRAMES)
-    return torch.cat([codes] + [codes[:, :, -1:]] * (MIN_DECODE_FRAMES - codes.shape[-1]), dim=-1)
+    logger.warning("the piece is %d acoustic frame(s) long: held to %d", codes.shape[2], MIN_DECODE_FRAMES)
+    return torch.cat([codes] + [codes[:, :, -1:]] * (MIN_DECODE_FRAMES - codes.shape[2]), dim=2)
 
 
 class DurationStream:
@@ -90,11 +91,13 @@ class PieceSpeechStream:
             top_k=settings["acoustic_top_k"],
             do_sample=settings["acoustic_do_sample"],
             seed=seed,
+            output_code_probabilities=settings["acoustic_expected_decoding"],
         )
         decode_stream = getattr(model.codec, "decode_stream", None)  # EnCodec has none: its piece comes at the end
         self.decoder = decode_stream() if callable(decode_stream) else None
         self.codec = model.codec
-        self.codes = []  # all codes so far: a codec without a streaming decoder decodes them at the end
+        self.expected = settings["acoustic_expected_decoding"]  # decode code distributions (`decode_expected`)
+        self.codes = []  # all codes (or distributions) so far: a codec without a streaming decoder decodes them last
         self.frames = 0
 
     def push(self, units: list) -> torch.Tensor:
@@ -107,22 +110,30 @@ class PieceSpeechStream:
         chunks = [self._decode(self.acoustic.push(self._count(frames))), self._decode(self.acoustic.finish())]
         if self.frames > self.max_frames:
             warn_frames_cut(self.frames, self.max_frames, self.frame_rate)
-        made = sum(codes.shape[-1] for codes in self.codes)
+        made = sum(codes.shape[1] for codes in self.codes)
         if made < MIN_DECODE_FRAMES:
-            chunks.append(self._decode(hold_short_codes(torch.cat(self.codes, dim=-1)[None])[0, :, made:]))
+            chunks.append(self._decode_new(hold_short_codes(torch.cat(self.codes, dim=1)[None])[0, :, made:]))
         if self.decoder is None:
-            return self.codec.decode(torch.cat(self.codes, dim=-1)[None])[0].float().clamp(-1, 1).cpu()
+            decode = self.codec.decode_expected if self.expected else self.codec.decode
+            return decode(torch.cat(self.codes, dim=1)[None])[0].float().clamp(-1, 1).cpu()
         return torch.cat(chunks + [self.decoder.finish()[0].float().clamp(-1, 1).cpu()])
 
     def _count(self, frames: list) -> list:
         self.frames += len(frames)
         return frames
 
-    def _decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        """New codes `[num_codebooks, frames]` -> the samples they make final (all at the end without a decoder)."""
-        if codes.shape[-1] == 0:
+    def _decode(self, made) -> torch.Tensor:
+        """What the acoustic stream made (codes, or `(codes, distributions)` when decoding expected vectors) -> the
+        samples it makes final."""
+        return self._decode_new(made[1] if self.expected else made)
+
+    def _decode_new(self, codes: torch.Tensor) -> torch.Tensor:
+        """New codes `[num_codebooks, frames]` (or distributions `[num_codebooks, frames, size]`) -> the samples
+        they make final (all at the end without a streaming decoder)."""
+        if codes.shape[1] == 0:
             return torch.zeros(0)
         self.codes.append(codes)
         if self.decoder is None:
             return torch.zeros(0)
-        return self.decoder.push(codes[None])[0].float().clamp(-1, 1).cpu()
+        push = self.decoder.push_expected if self.expected else self.decoder.push
+        return push(codes[None])[0].float().clamp(-1, 1).cpu()
