@@ -307,7 +307,8 @@ class MelCodecModel(MelCodecPreTrainedModel):
     def decode_expected(self, code_probabilities: torch.FloatTensor) -> torch.FloatTensor:
         """`decode` of each frame's expected codebook vectors under `code_probabilities (batch, num_codebooks,
         frames, codebook_size)` (an acoustic LM's distributions) instead of one drawn code per codebook: the mean
-        leaves out the draw's noise, which made sampled speech harder to understand (`benchmarks/` measures it)."""
+        leaves out the draw's noise, which made sampled speech harder to understand
+        (`benchmarks/expected_decoding_intelligibility.py` measures it)."""
         stream = MelCodecDecodeStream(self)
         return torch.cat([stream.push_expected(code_probabilities), stream.finish()], dim=-1)
 
