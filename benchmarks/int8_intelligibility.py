@@ -8,7 +8,6 @@ voice prompts for every variant.
 """
 
 import argparse
-import tempfile
 
 import torch
 from datasets import load_from_disk
@@ -17,7 +16,7 @@ from transformers import pipeline
 from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.int8 import quantize_llm_int8
 from mole_llama.embedded import embedded_model_path
-from mole_llama.evaluation.speech import ground_truth_intelligibility, held_out_sentences, synthesized_intelligibility
+from mole_llama.evaluation.speech import held_out_sentences, intelligibility_side_by_side
 
 
 def main():
@@ -28,18 +27,15 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    test, references = held_out_sentences(load_from_disk(args.corpus), args.sentences)
-    sentences = list(dict.fromkeys(test["text"]))
+    corpus = load_from_disk(args.corpus)
+    sentences = list(dict.fromkeys(held_out_sentences(corpus, args.sentences)[0]["text"]))
     folder = str(args.tts or embedded_model_path("tts-llama"))
     variants = {
         "float32": pipeline("text-to-speech", model=folder).model,
         "int8, per matrix": quantize_llm_int8(pipeline("text-to-speech", model=folder).model, per_channel=False),
         "int8, per row": quantize_llm_int8(pipeline("text-to-speech", model=folder).model, per_channel=True),
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        rates = {"ground truth": ground_truth_intelligibility(test, f"{scratch}/gt")[0]}
-        for name, model in variants.items():
-            rates[name] = synthesized_intelligibility(model, test, references, f"{scratch}/{len(rates)}")[0]
+    rates = intelligibility_side_by_side(variants, corpus, args.sentences)
     units = {name: model.speech_units_batch(sentences) for name, model in variants.items()}
     voices = [voice for voice in rates["ground truth"] if voice != "all"] + ["all"]
     print(f"\n{len(sentences)} held-out sentences per voice; Whisper tiny.en WER\n")

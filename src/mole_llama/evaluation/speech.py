@@ -165,6 +165,20 @@ def synthesized_intelligibility(
     return _rates_by_voice(rows), rows
 
 
+def intelligibility_side_by_side(models: dict, corpus, num_sentences: int, seed: int = 0) -> dict:
+    """`{"ground truth": rates, name: rates, ...}` for each speaking model in `models` (`{name: model}`) reading the
+    corpus's first `num_sentences` held-out sentences in every voice: the same sentences, voice prompts and seeds,
+    so only the models differ. The clips go to a scratch folder that is removed."""
+    import tempfile
+
+    test, references = held_out_sentences(corpus, num_sentences)
+    with tempfile.TemporaryDirectory() as scratch:
+        rates = {"ground truth": ground_truth_intelligibility(test, f"{scratch}/ground-truth")[0]}
+        for index, (name, model) in enumerate(models.items()):
+            rates[name] = synthesized_intelligibility(model, test, references, f"{scratch}/{index}", seed)[0]
+    return rates
+
+
 def spoken_answers(speaker, tokenizer, questions, reference, out_dir, seed: int = 0, max_new_tokens: int = 32) -> list:
     """Text in, speech out: `speaker` (a MoLE-Llama folder loaded to speak, learned routing) answers each question
     in text, then says the answer in the `reference` voice; what Whisper (and pocketsphinx) hear is scored against
@@ -197,6 +211,7 @@ def spoken_answers(speaker, tokenizer, questions, reference, out_dir, seed: int 
 
 __all__ = [
     "ground_truth_intelligibility",
+    "intelligibility_side_by_side",
     "spoken_answers",
     "synthesized_intelligibility",
     "voice_references",
