@@ -6,7 +6,8 @@
 - with `--speaking-model` (a folder with `acoustic_lm/`, `codec/` and `duration_predictor/`, trained on the
   aligned phones): oracle resynthesis of the aligned phones (collapsed units -> predicted durations -> acoustic
   LM sampled with a voice prompt -> codec), the same with the recording's own durations (what a perfect duration
-  predictor would give), its codec resynthesis and the ground truth, Whisper WER per voice.
+  predictor would give), its codec resynthesis and the ground truth, Whisper WER per voice. The acoustic LM's
+  frames are decoded as the speaking model does by default: their expected codebook vectors where the codec can.
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -101,6 +102,12 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         if voice not in prompts:
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
     prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
+    # as a saved speaking model decodes by default (`save_tts_model`): the expected codebook vectors where the codec can
+    expected = callable(getattr(codec, "decode_expected", None))
+
+    def speech(output) -> np.ndarray:
+        return (codec.decode_expected(output.code_probabilities) if expected else codec.decode(output.codes))[0].numpy()
+
     heard = defaultdict(lambda: defaultdict(list))
     scored = set(texts[:sentences])
     for index, ((voice, text), waveform) in enumerate(tqdm(clips.items(), desc="resynthesis")):
@@ -112,15 +119,21 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         predicted_frames = expand_units(units, durations.predict(units))
         own, predicted = (
             acoustic_lm.generate(
-                torch.tensor([frames]), prompt_codes=prompt_codes[voice], temperature=0.4, top_k=10, seed=index
+                torch.tensor([frames]),
+                prompt_codes=prompt_codes[voice],
+                temperature=0.4,
+                top_k=10,
+                seed=index,
+                return_dict_in_generate=True,
+                output_code_probabilities=expected,
             )
             for frames in (own_frames, predicted_frames)
         )
         for name, audio in (
             ("ground truth", waveform),
             ("codec resynthesis", codec.decode(codes)[0].numpy()),
-            ("aligned phones, own durations -> acoustic LM", codec.decode(own)[0].numpy()),
-            ("aligned phones -> predicted durations -> acoustic LM", codec.decode(predicted)[0].numpy()),
+            ("aligned phones, own durations -> acoustic LM", speech(own)),
+            ("aligned phones -> predicted durations -> acoustic LM", speech(predicted)),
         ):
             heard[voice][name].append((text, transcribe(np.asarray(audio, dtype=np.float32), RATE)))
     rows = []
@@ -161,7 +174,7 @@ def main():
     if args.speaking_model:
         sentences = args.resynthesis_sentences or args.sentences
         print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled at temperature 0.4, "
-              "top-k 10, 3-s voice prompt)\n")  # fmt: skip
+              "top-k 10, 3-s voice prompt; its expected codebook vectors decoded where the codec can)\n")  # fmt: skip
         table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences)
         names = list(table[0][1])
         print("| voice | " + " | ".join(names) + " | ratio to ground truth |")
