@@ -84,7 +84,7 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
 def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
     """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
     durations and with predicted ones (`aligned`: frame-level units per clip)."""
-    from mole_llama.modeling.acoustic_codec import load_acoustic_codec
+    from mole_llama.modeling.acoustic_codec import decodes_expected_vectors, load_acoustic_codec
     from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
     from mole_llama.modeling.speech_units import expand_units
@@ -103,7 +103,7 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
     prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
     # as a saved speaking model decodes by default (`save_tts_model`): the expected codebook vectors where the codec can
-    expected = callable(getattr(codec, "decode_expected", None))
+    expected = decodes_expected_vectors(codec)
 
     def speech(output) -> np.ndarray:
         return (codec.decode_expected(output.code_probabilities) if expected else codec.decode(output.codes))[0].numpy()

@@ -10,6 +10,7 @@ It loads with `pipeline("text-to-speech", model=folder)` and `AutoModelForCausal
 import copy
 from pathlib import Path
 
+from ..modeling.acoustic_codec import decodes_expected_vectors
 from ..modeling.modeling_mole_llama import MoLELlamaForCausalLM
 from ..modeling.modeling_tts_llama import MoLELlamaForTextToWaveform
 from ..modeling.speech_units import SpeechTokenIds
@@ -46,7 +47,7 @@ def save_tts_model(
     model.generation_config.max_new_tokens = max_new_tokens
     if getattr(model.generation_config, "acoustic_expected_decoding", None) is None:
         # on where the codec can decode code distributions (the mel codec): measured more intelligible there
-        model.generation_config.acoustic_expected_decoding = callable(getattr(codec, "decode_expected", None))
+        model.generation_config.acoustic_expected_decoding = decodes_expected_vectors(codec)
     if duration_predictor is not None and duration_predictor.config.num_units != num_speech_units:
         raise ValueError(
             f"the duration predictor times {duration_predictor.config.num_units} units, "

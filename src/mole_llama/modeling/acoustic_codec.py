@@ -109,6 +109,12 @@ class EncodecAcousticCodec(nn.Module):
 CODECS = {"mel_codec": MelCodecModel.from_pretrained, "encodec": EncodecAcousticCodec.from_pretrained}
 
 
+def decodes_expected_vectors(codec) -> bool:
+    """Whether `codec` can decode an acoustic LM's code distributions as their expected codebook vectors
+    (`decode_expected`: the mel codec can, EnCodec's adapter cannot)."""
+    return callable(getattr(codec, "decode_expected", None))
+
+
 def load_acoustic_codec(path, **kwargs):
     """The codec saved at `path` (a folder or a Hub id), in eval mode, chosen by `model_type` in its config.json:
     `mel_codec` gives a `MelCodecModel`, `encodec` an `EncodecAcousticCodec`."""
@@ -122,4 +128,4 @@ def load_acoustic_codec(path, **kwargs):
     return CODECS[model_type](path, **kwargs).eval()
 
 
-__all__ = ["EncodecAcousticCodec", "load_acoustic_codec"]
+__all__ = ["EncodecAcousticCodec", "decodes_expected_vectors", "load_acoustic_codec"]

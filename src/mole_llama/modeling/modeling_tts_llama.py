@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
-from .acoustic_codec import load_acoustic_codec
+from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
@@ -375,9 +375,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             if timed:
                 raise ValueError(f"{timed} need a model that times its units with a duration predictor; this one "
                                  "speaks frame-level units")  # fmt: skip
-        if self.speech_setting("acoustic_expected_decoding", kwargs) and not callable(
-            getattr(self.codec, "decode_expected", None)
-        ):
+        if self.speech_setting("acoustic_expected_decoding", kwargs) and not decodes_expected_vectors(self.codec):
             raise ValueError(
                 f"acoustic_expected_decoding=True needs a codec that decodes code distributions; this model's "
                 f"{type(self.codec).__name__} decodes codes only: pass acoustic_expected_decoding=False"
@@ -525,19 +523,15 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             return_dict_in_generate=True,
             output_code_probabilities=expected,
         )
-        if expected:
-            return [self._decode_expected(output.code_probabilities[index : index + 1, :, : int(length)])
-                    for index, length in enumerate(output.lengths)]  # fmt: skip
-        return [self._decode(output.codes[index : index + 1, :, : int(length)]) for index, length in
+        made = output.code_probabilities if expected else output.codes
+        return [self._decode(made[index : index + 1, :, : int(length)], expected) for index, length in
                 enumerate(output.lengths)]  # fmt: skip
 
-    def _decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        """One piece's codes -> its waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
-        return self.codec.decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
-
-    def _decode_expected(self, code_probabilities: torch.Tensor) -> torch.Tensor:
-        """One piece's code distributions -> its waveform from their expected codebook vectors."""
-        return self.codec.decode_expected(hold_short_codes(code_probabilities))[0].float().clamp(-1, 1).cpu()
+    def _decode(self, codes: torch.Tensor, expected: bool = False) -> torch.Tensor:
+        """One piece's codes (with `expected`, their distributions, decoded as the expected codebook vectors) -> its
+        waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
+        decode = self.codec.decode_expected if expected else self.codec.decode
+        return decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
 
 
 STREAM_INT8_WORKER_THREADS = 1
