@@ -138,19 +138,23 @@ class MoLELinear(nn.Linear):
         and kept until the weight or the expert changes: an in-place change bumps a tensor's version, a move to
         another device or dtype gives the weight new storage. With `float16_decoding` (float32 weights), the kept
         weight is rounded to float16 precision and its float16 copy kept too (`float16=True` returns it), so a
-        one-token step and a batch multiply by the same numbers."""
-        has_expert = name in self.lora_A
-        rounded = self.float16_decoding and self.weight.dtype == torch.float32
-        if not (has_expert or rounded):
-            return self.weight
-        key = (self.weight.data_ptr(), self.weight._version)
-        if has_expert:
-            key += (self.lora_A[name]._version, self.lora_B[name]._version)
+        one-token step and a batch multiply by the same numbers.
+
+        Called for every projection of every decoding step, so the parameters are read from the modules' own
+        dicts: `nn.ParameterDict` item lookups made this check a quarter of SmolLM2's one-token step."""
+        weight = self._parameters["weight"]
+        expert = self.lora_A._parameters.get(name)
+        rounded = self.float16_decoding and weight.dtype == torch.float32
+        if expert is None and not rounded:
+            return weight
+        key = (weight.data_ptr(), weight._version)
+        if expert is not None:
+            key += (expert._version, self.lora_B._parameters[name]._version)
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
-            weight = self.weight.float() + self.delta_weight(name) if has_expert else self.weight.float()
-            half = weight.half() if rounded else None
-            cached = (key, (weight if half is None else half.float()).to(self.weight.dtype), half)
+            merged = weight.float() + self.delta_weight(name) if expert is not None else weight.float()
+            half = merged.half() if rounded else None
+            cached = (key, (merged if half is None else half.float()).to(weight.dtype), half)
             self._merged[name] = cached
         return cached[2] if float16 and cached[2] is not None else cached[1]
 
@@ -158,15 +162,17 @@ class MoLELinear(nn.Linear):
         routing = self.routing
         merged = self.cache_merged and not torch.is_grad_enabled() and not (self.training and self.has_dropout)
         if isinstance(routing, str) and merged:
-            if self.float16_decoding and x.dtype == self.weight.dtype == torch.float32 and x.numel() == x.shape[-1]:
+            bias = self._parameters["bias"]
+            one_row = x.numel() == x.shape[-1]
+            if one_row and self.float16_decoding and x.dtype == self._parameters["weight"].dtype == torch.float32:
                 # one token of one sequence: PyTorch's float16 matrix-vector kernel reads half the bytes and
                 # accumulates in float32 (the larger products of a batch or a prompt run faster in float32)
                 result = F.linear(x.half(), self.merged_weight(routing, float16=True)).float()
                 # a value past float16's range (Llama's "massive activations" reach ~3e4 in SmolLM2) makes the sum
                 # inf or NaN and takes the float32 product below (one sum: a quarter of `isfinite().all()`'s time)
                 if math.isfinite(result.sum().item()):
-                    return result if self.bias is None else result + self.bias
-            return F.linear(x, self.merged_weight(routing), self.bias)
+                    return result if bias is None else result + bias
+            return F.linear(x, self.merged_weight(routing), bias)
         if isinstance(routing, str) and routing not in self.lora_A:
             return F.linear(x, self.weight, self.bias)
         result = F.linear(x, self.weight, self.bias)
