@@ -71,6 +71,7 @@ def test_its_float16_decoding_says_what_float32_steps_say(folder):
     shipped = pipeline("text-to-speech", model=str(folder)).model
     plain = pipeline("text-to-speech", model=str(folder), model_kwargs={"float16_decoding": False}).model
     assert shipped.config.float16_decoding and not plain.config.float16_decoding
+    assert shipped.acoustic_lm.config.float16_decoding  # its frames too (modeling/float16_steps.py)
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:3]
     units = [shipped.speech_units(text) for text in sentences]
     assert unit_error_rate([plain.speech_units(text) for text in sentences], units) <= 0.05

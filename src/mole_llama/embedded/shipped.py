@@ -49,9 +49,9 @@ def _check_name(name: str) -> Path:
     return folder
 
 
-ASSEMBLY_VERSION = 4
+ASSEMBLY_VERSION = 5
 """Raised when `_assemble` builds the folder differently (2: the merged-expert cache on; 3: float16 decoding on;
-4: expected-vector acoustic decoding on), so caches rebuild."""
+4: expected-vector acoustic decoding on; 5: the acoustic LM's float16 decoding on), so caches rebuild."""
 
 
 def _digest(*folders: Path) -> str:
@@ -125,7 +125,11 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
         out,
         llm,
         tokenizer,
-        AcousticLMForConditionalGeneration.from_pretrained(parts / "acoustic_lm", dtype=torch.float32).eval(),
+        AcousticLMForConditionalGeneration.from_pretrained(
+            parts / "acoustic_lm",
+            dtype=torch.float32,
+            float16_decoding=True,  # its weights ship in float16 anyway
+        ).eval(),
         load_acoustic_codec(parts / "codec", dtype=torch.float32),
         num_units,
         semantic_tokenizer,

@@ -35,6 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaModel, Llama
 from transformers.utils import ModelOutput
 
 from .configuration_acoustic_lm import AcousticLMConfig
+from .float16_steps import Float16StepLinear, use_float16_steps
 
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
@@ -193,6 +194,10 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         self.head_mlp = LlamaMLP(llama_config)
         self.out_norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(hidden, num_codebooks * codebook_size, bias=False)
+        if config.float16_decoding:  # the parts that run once per generated frame
+            use_float16_steps(self.model)
+            use_float16_steps(self.head_mlp)
+            self.lm_head = Float16StepLinear.from_linear(self.lm_head)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -354,8 +359,10 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         """Scores of one codebook from the decoder state plus the summed embeddings of the frame's lower codes."""
         state = hidden + self.level_embed.weight[codebook] + lower
         state = state + self.head_mlp(self.head_norm(state))
-        size = self.config.codebook_size
-        return F.linear(self.out_norm(state), self.lm_head.weight[codebook * size : (codebook + 1) * size])
+        rows = slice(codebook * self.config.codebook_size, (codebook + 1) * self.config.codebook_size)
+        if isinstance(self.lm_head, Float16StepLinear):
+            return self.lm_head(self.out_norm(state), rows=rows)
+        return F.linear(self.out_norm(state), self.lm_head.weight[rows])
 
     def _all_head_logits(self, hidden: torch.Tensor, codes: torch.LongTensor) -> torch.Tensor:
         """Teacher-forced heads for all codebooks at once: `hidden [b, f, h]`, `codes [b, k, f]` -> `[b, f, k, v]`."""

@@ -36,6 +36,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
+from .float16_steps import float16_row_product, is_one_row, rounded_copies
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_mole_llama.MoLELlamaConfig",
@@ -153,8 +154,8 @@ class MoLELinear(nn.Linear):
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
             merged = weight.float() + self.delta_weight(name) if expert is not None else weight.float()
-            half = merged.half() if rounded else None
-            cached = (key, (merged if half is None else half.float()).to(weight.dtype), half)
+            merged = merged.to(weight.dtype)
+            cached = (key, *rounded_copies(merged)) if rounded else (key, merged, None)
             self._merged[name] = cached
         return cached[2] if float16 and cached[2] is not None else cached[1]
 
@@ -163,15 +164,10 @@ class MoLELinear(nn.Linear):
         merged = self.cache_merged and not torch.is_grad_enabled() and not (self.training and self.has_dropout)
         if isinstance(routing, str) and merged:
             bias = self._parameters["bias"]
-            one_row = x.numel() == x.shape[-1]
-            if one_row and self.float16_decoding and x.dtype == self._parameters["weight"].dtype == torch.float32:
-                # one token of one sequence: PyTorch's float16 matrix-vector kernel reads half the bytes and
-                # accumulates in float32 (the larger products of a batch or a prompt run faster in float32)
-                result = F.linear(x.half(), self.merged_weight(routing, float16=True)).float()
-                # a value past float16's range (Llama's "massive activations" reach ~3e4 in SmolLM2) makes the sum
-                # inf or NaN and takes the float32 product below (one sum: a quarter of `isfinite().all()`'s time)
-                if math.isfinite(result.sum().item()):
-                    return result if bias is None else result + bias
+            if self.float16_decoding and is_one_row(x) and x.dtype == self._parameters["weight"].dtype == torch.float32:
+                result = float16_row_product(x, self.merged_weight(routing, float16=True), bias)  # see float16_steps
+                if result is not None:
+                    return result
             return F.linear(x, self.merged_weight(routing), bias)
         if isinstance(routing, str) and routing not in self.lora_A:
             return F.linear(x, self.weight, self.bias)
