@@ -40,6 +40,10 @@ from .float16_steps import Float16StepLinear, use_float16_steps
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
 
+CONDITIONING_BLOCK_FRAMES = 4
+"""Generation conditions frames in blocks of this many (`_conditioning_in_blocks`): a stream waits for whole blocks,
+so it starts up to this many frames later; a block's window is this plus twice the lookahead."""
+
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_acoustic_lm.AcousticLMConfig",
     "AutoModel": "modeling_acoustic_lm.AcousticLMForConditionalGeneration",
@@ -286,9 +290,12 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
                 f"pieces, shorten the voice prompt, or pass max_frames to generate"
             )
 
-    def _layout(self, units: list, prompts: list, lengths: list, target_codes: list | None = None) -> dict:
+    def _layout(
+        self, units: list, prompts: list, lengths: list, target_codes: list | None = None, in_blocks: bool = False
+    ) -> dict:
         """One padded batch: each row is `[left padding][prompt frames][target frames][right padding]`, so every
-        target starts at the same column (one column per generation step) and padding is masked out."""
+        target starts at the same column (one column per generation step) and padding is masked out. With
+        `in_blocks`, each item's conditioning is computed as a stream computes it (`_conditioning_in_blocks`)."""
         device = self.device
         batch_size, num_codebooks = len(units), self.config.num_codebooks
         prompt_lengths = [prompt.shape[1] for prompt in prompts]
@@ -315,8 +322,34 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             "prompt_width": prompt_width,
             "frames": frames,
             "lengths": torch.tensor(lengths, device=device),
-            "conditioning": self._conditioning(aligned_units, phase, target_mask),
+            "conditioning": self._item_conditionings(aligned_units, phase, lengths)
+            if in_blocks
+            else self._conditioning(aligned_units, phase, target_mask),
         }
+
+    def _item_conditionings(self, aligned_units: torch.LongTensor, phase: torch.LongTensor, lengths: list):
+        """`[batch, frames, hidden]`: each item's frames conditioned in blocks on its own units, zero past its end."""
+        conditioning = aligned_units.new_zeros(*aligned_units.shape, self.config.hidden_size, dtype=self.dtype)
+        for row, length in enumerate(lengths):
+            conditioning[row, :length] = self._conditioning_in_blocks(aligned_units[row], phase, 0, length, length)[0]
+        return conditioning
+
+    def _conditioning_in_blocks(self, aligned_units, phase, start: int, stop: int, known: int) -> torch.Tensor:
+        """The conditioning `[1, stop - start, hidden]` of one item's frames `[start, stop)` (`start` a multiple of
+        `CONDITIONING_BLOCK_FRAMES`), block by block, each block from the frames within `unit_context_lookahead` of
+        it among the `known` ones (`aligned_units`, `phase`: per frame, at least `known` of them).
+
+        Each block's window then has the same frames, and so the same shape, whether the units came all at once
+        (`generate`) or a few at a time (`stream`): PyTorch's convolutions and matrix products round differently for
+        different lengths, and a float16 decoding step can turn such a last-bit difference into another draw."""
+        radius, size = self.unit_context_lookahead, CONDITIONING_BLOCK_FRAMES
+        blocks = []
+        for block in range(start, stop, size):
+            low, high = max(0, block - radius), min(known, block + size + radius)
+            mask = torch.ones(1, high - low, 1, device=aligned_units.device)
+            window = self._conditioning(aligned_units[None, low:high], phase[None, low:high], mask)
+            blocks.append(window[:, block - low : min(block + size, stop) - low])
+        return torch.cat(blocks, dim=1)
 
     def _conditioning(self, aligned_units: torch.LongTensor, phase: torch.LongTensor, target_mask) -> torch.Tensor:
         """Per-frame conditioning `[batch, frames, hidden]`: the aligned units and their phases, mixed over
@@ -590,7 +623,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         for index, (prompt, length) in enumerate(zip(prompts, lengths)):
             self._check_length(prompt.shape[1], length, index)
         choose = self._sampler(temperature, top_k, top_p, do_sample, self._generators(seed, len(units)))
-        layout = self._layout(units, prompts, lengths)
+        layout = self._layout(units, prompts, lengths, in_blocks=True)
         frames = layout["frames"]
         inputs, attention_mask, position_ids = self._first_step(layout)
         cache = DynamicCache(config=self.model.config)
@@ -622,9 +655,10 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 class AcousticCodeStream:
     """One item's acoustic codes, made while its frame-level semantic units are still arriving.
 
-    A frame is generated once every unit its conditioning hears is known (`unit_context_lookahead` frames past it),
-    or the units are finished; the decoder, the KV cache, the sampler and the seed are `generate`'s, so the codes
-    are those `generate` gives the whole sequence with the same seed. Make one with `model.stream(...)`; with
+    A frame is generated once every unit its conditioning hears is known (`unit_context_lookahead` frames past the
+    end of its block of `CONDITIONING_BLOCK_FRAMES`), or the units are finished; the conditioning blocks, the
+    decoder, the KV cache, the sampler and the seed are `generate`'s, so the codes are those `generate` gives the
+    whole sequence with the same seed. Make one with `model.stream(...)`; with
     `output_code_probabilities`, `push` and `finish` return `(codes, code_probabilities)`, the latter
     `[num_codebooks, frames, codebook_size]` as `generate` gives them.
     """
@@ -677,7 +711,12 @@ class AcousticCodeStream:
             total = total if self.max_frames is None else min(total, self.max_frames)
         elif self.max_frames is not None and heard >= self.max_frames:
             total = self.max_frames
-        ready = total if total is not None else max(0, heard - model.unit_context_lookahead)
+        if total is not None:
+            ready = total
+        else:  # whole blocks whose conditioning hears only known units (`_conditioning_in_blocks`)
+            ready = (
+                max(0, heard - model.unit_context_lookahead) // CONDITIONING_BLOCK_FRAMES * CONDITIONING_BLOCK_FRAMES
+            )
         model._check_length(self.prompt.shape[1], ready, 0)
         self._condition(ready, total if total is not None else heard)
         frames = []
@@ -695,17 +734,14 @@ class AcousticCodeStream:
         return codes, torch.zeros(config.num_codebooks, 0, config.codebook_size, device=model.device)
 
     def _condition(self, ready: int, known: int) -> None:
-        """Extend the conditioning to frames `[.., ready)`, from a window of the `known` frames around them."""
+        """Extend the conditioning to frames `[.., ready)`, as `generate` computes it, from the `known` frames."""
         done = 0 if self.conditioning is None else self.conditioning.shape[1]
         if ready <= done:
             return
         model, device = self.model, self.model.device
-        start = max(0, done - model.unit_context_lookahead)
         unit_index, phase = model.align_units(known, device=device)
         aligned = torch.tensor(self.units, device=device)[unit_index.clamp(max=len(self.units) - 1)]
-        mask = torch.ones(1, known - start, 1, device=device)
-        window = model._conditioning(aligned[None, start:], phase[None, start:], mask)
-        new = window[:, done - start : ready - start]
+        new = model._conditioning_in_blocks(aligned, phase, done, ready, known)
         self.conditioning = new if self.conditioning is None else torch.cat([self.conditioning, new], dim=1)
 
     def _generate_frame(self) -> tuple:
