@@ -2,12 +2,12 @@
 
 import torch
 import torch.nn.functional as F
+from test_acoustic_lm import TINY, random_codes, random_units
 from torch import nn
 
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
 from mole_llama.modeling.float16_steps import Float16StepLinear, use_float16_steps
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
-from tests.test_acoustic_lm import TINY, random_codes, random_units
 
 
 def step_linear(seed=0, bias=True) -> tuple:

@@ -79,7 +79,7 @@ def check_model_folder(name_or_path) -> None:
 
 INT8_ATTRIBUTE = "int8_quantized"
 """Set on a model by `mole_llama.conversion.int8.quantize_llm_int8`: `save_pretrained` refuses it (the packed
-weights are not safetensors), and a stream's worker runs at one intra-op thread (`STREAM_INT8_WORKER_THREADS`)."""
+weights are not safetensors)."""
 
 
 @dataclass

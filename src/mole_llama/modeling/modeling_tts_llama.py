@@ -12,9 +12,7 @@ Self-contained (torch, transformers, huggingface_hub and sibling files) for `tru
 
 import logging
 import math
-import queue
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,15 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
+try:  # streaming's own need; in a try block, which transformers' remote-code import check skips
+    import greenlet
+except ImportError:
+    greenlet = None
+
 from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
-from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
+from .modeling_mole_llama import MoLELlamaForCausalLM
 from .speech_stream import PieceSpeechStream, hold_short_codes, warn_frames_cut
 from .speech_units import (
     SPEECH_END,
@@ -338,7 +341,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def stream(self, text: str, voice=None, seed=None, **kwargs):
         """Speak `text`, yielding its audio in chunks (1-D float tensors) as soon as they are final: within a piece
         a few units after the LLM says them (`PieceSpeechStream`), and a pause between pieces. Joined, the chunks
-        equal `generate`'s audio for the same seed. The LLM runs in a worker thread that also makes the audio, so
+        equal `generate`'s audio for the same seed. The LLM runs in a greenlet that also makes the audio, so
         the work is the same as `speak`'s, only ordered for an early start."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
@@ -351,19 +354,15 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def _stream_piece(self, piece: str, seed: int, prompt_codes, **kwargs):
         settings = {key: self.speech_setting(key, kwargs) for key in SPEECH_KEYS}
         speech = PieceSpeechStream(self, prompt_codes, seed, self.frame_cap(piece, **kwargs), settings)
-        worker_threads = STREAM_INT8_WORKER_THREADS if getattr(self, INT8_ATTRIBUTE, False) else None
-        streamer = _UnitStreamer(self.speech_ids, speech, worker_threads)
-        worker = threading.Thread(target=streamer.run, args=(self.speech_token_rows, [piece]), kwargs=kwargs)
-        worker.start()
+        streamer = _UnitStreamer(self.speech_ids, speech)
+        producer = streamer.start(self.speech_token_rows, [piece], **kwargs)
         try:
-            while (chunk := streamer.chunks.get()) is not _UnitStreamer.DONE:
-                if isinstance(chunk, BaseException):
-                    raise chunk
+            while (chunk := producer.switch()) is not _UnitStreamer.DONE:
                 if len(chunk):
                     yield chunk
         finally:
-            streamer.cancelled = True  # a consumer that stops early ends the generation at its next token
-            worker.join()
+            if not producer.dead:  # a consumer that stops early ends the generation where it waits
+                producer.throw()  # greenlet.GreenletExit, raised where generate waits: it ends quietly
 
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
@@ -534,41 +533,39 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         return decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
 
 
-STREAM_INT8_WORKER_THREADS = 1
-"""Intra-op threads of a stream's worker thread for an int8 LLM (PyTorch's dynamically quantized linears): from a
-second thread at 2 threads they ran about half as fast as in the main thread here, at 1 thread about as fast
-(first streamed chunk 1.29 s -> 0.76 s, medians of 12, the speech parts at 1 thread too; a float32 LLM was slower
-at 1 thread, 1.43 -> 1.70 s, so it keeps torch's default)."""
-
-
 class _UnitStreamer(BaseStreamer):
-    """Receives the LLM's tokens during `generate` (in the worker thread) and turns each unit into audio at once,
-    queueing the chunks (then `DONE`, or the exception that stopped it) for the thread that yields them."""
+    """Receives the LLM's tokens during `generate` and turns each unit into audio at once, handing each chunk to
+    the stream's consumer.
+
+    `generate` runs in a greenlet on the consumer's own thread, which it leaves at each chunk and resumes at the
+    consumer's next request: PyTorch's float16 matrix-vector products ran ~1.7x slower from a second thread here
+    (its OpenMP team), and a worker thread had made a streamed sentence take ~1.9x as long as `speak`."""
 
     DONE = object()
 
-    def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream, worker_threads: int | None = None):
+    def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream):
         self.speech_ids, self.speech = speech_ids, speech
-        self.worker_threads = worker_threads  # the worker thread's intra-op threads (None: torch's default)
-        self.chunks = queue.Queue()
-        self.prompt_seen = self.ended = self.cancelled = False
+        self.consumer = None
+        self.prompt_seen = self.ended = False
         self.said = 0
 
-    def run(self, generate_rows, texts: list, **kwargs) -> None:
-        try:
-            if self.worker_threads is not None:  # OpenMP's setting is per thread: the caller's stays as it was
-                torch.set_num_threads(self.worker_threads)
+    def start(self, generate_rows, texts: list, **kwargs):
+        """The greenlet that runs `generate_rows(texts, streamer=self, **kwargs)`; each `switch()` to it returns
+        the next chunk, then `DONE`."""
+        if greenlet is None:
+            raise ImportError("streaming needs the greenlet package: pip install greenlet")
+        self.consumer = greenlet.getcurrent()
+
+        def produce():
             generate_rows(texts, streamer=self, **kwargs)
             if self.said == 0:
                 raise NoSpeechUnitsError(f"the model produced no speech units for {texts[0]!r}")
-            self.chunks.put(self.speech.finish())
-            self.chunks.put(self.DONE)
-        except BaseException as error:  # handed to the consuming thread, which raises it
-            self.chunks.put(error)
+            self.consumer.switch(self.speech.finish())
+            return self.DONE
+
+        return greenlet.greenlet(produce, parent=self.consumer)
 
     def put(self, value: torch.Tensor) -> None:
-        if self.cancelled:
-            raise _Cancelled
         if not self.prompt_seen:  # generate's first call carries the prompt
             self.prompt_seen = True
             return
@@ -579,14 +576,10 @@ class _UnitStreamer(BaseStreamer):
         units = self.speech_ids.token_ids_to_units(tokens)  # those before the end marker
         if units:
             self.said += len(units)
-            self.chunks.put(self.speech.push(units))
+            self.consumer.switch(self.speech.push(units))
 
     def end(self) -> None:
         pass
-
-
-class _Cancelled(Exception):
-    """Raised inside `generate` to stop it when the consumer of a stream has gone."""
 
 
 def piece_seed_base(seed, reseed_llm: bool = False) -> int:
