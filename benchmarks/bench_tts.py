@@ -3,7 +3,8 @@
 
 - real-time factor (compute seconds / audio seconds, median over sentences) per stage: LLM units, durations,
   acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32 weights, one-token
-  steps multiplied in float16: `float16_decoding`), with plain float32 steps, and with its LLM in int8
+  steps and one-frame acoustic LM steps multiplied in float16: `float16_decoding`), with plain float32 steps in both,
+  and with its LLM in int8
   (`conversion.int8.quantize_llm_int8`), with the unit error rate of each variant's units against the plain float32
   ones (0: it says the same);
 - time to the first streamed chunk of a one-sentence text (median over the sentences, each variant), beside the
@@ -19,6 +20,7 @@
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from transformers import GenerationMixin, pipeline
@@ -27,6 +29,7 @@ from mole_llama.chat import unit_error_rate
 from mole_llama.conversion.int8 import quantize_llm_int8
 from mole_llama.embedded import embedded_model_path
 from mole_llama.embedded.festival import fortune_sentences, is_held_out
+from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 
 
 def timed(function, *args, **kwargs):
@@ -100,6 +103,9 @@ def main():
     tts_dir = str(args.tts or embedded_model_path("tts-llama"))
     tts = pipeline("text-to-speech", model=tts_dir).model
     tts_float32 = pipeline("text-to-speech", model=tts_dir, model_kwargs={"float16_decoding": False}).model
+    tts_float32.acoustic_lm = AcousticLMForConditionalGeneration.from_pretrained(
+        Path(tts_dir) / "acoustic_lm", float16_decoding=False
+    ).eval()  # its frames in float32 too
     tts_int8 = quantize_llm_int8(pipeline("text-to-speech", model=tts_dir).model)
     mole = pipeline("text-to-speech", model=str(args.mole or embedded_model_path("mole-llama"))).model
     variants = {"float32 steps": tts_float32, "shipped (float16 steps)": tts, "int8 LLM": tts_int8}

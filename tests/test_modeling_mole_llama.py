@@ -15,7 +15,7 @@ from transformers import (
 from conftest import NEW_TOKENS, TINY_LLAMA
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
 from mole_llama.conversion.peft_experts import mole_config_from_base
-from mole_llama.modeling.modeling_mole_llama import MoLELinear
+from mole_llama.modeling.modeling_mole_llama import MoLELinear, MoLERouter
 
 
 def random_ids(vocab, shape=(2, 11), seed=0):
@@ -511,6 +511,31 @@ def test_sequence_router_context_generates_with_the_cache_as_without(tiny_mole_d
     saved = tiny_mole_dir.parent / f"sequence_{hard}"
     model.save_pretrained(saved)
     assert MoLELlamaForCausalLM.from_pretrained(saved).config.router_context == "sequence"
+
+
+@torch.no_grad()
+def test_a_hard_decoding_step_picks_the_expert_of_the_routers_weights(tiny_mole_dir, monkeypatch):
+    """One token of one sequence skips the one-hot weights (`MoLERouter.hard_step_choice`, the top of the running
+    sums): the same experts, so the same tokens, as the router's forward, which a forward hook (transformers' output
+    recording) still gets."""
+    model = MoLELlamaForCausalLM.from_pretrained(
+        tiny_mole_dir, router_context="sequence", hard_routing=True, merged_expert_cache=True,
+        router_context_prior={"text": 2.0, "speech": -2.0}, router_context_prior_tokens=4.0,
+    ).eval()  # fmt: skip
+    _lean_to(model, "speech", 4.0)  # each token says speech by 4, the prior text by 2 for 4 tokens: text, then speech
+    ids = random_ids(model.config.vocab_size, shape=(1, 2))
+    choices = []
+    choose = MoLERouter.hard_step_choice
+    monkeypatch.setattr(MoLERouter, "hard_step_choice", lambda *args: choices.append(choose(*args)) or choices[-1])
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    fast = model.generate(ids, **kwargs)
+    assert len(choices) == 11 * model.config.num_hidden_layers and len(set(choices)) == 2  # both experts chosen
+    for layer in model.model.layers:
+        layer.router.register_forward_hook(lambda module, args, output: None)
+    choices.clear()
+    general = model.generate(ids, **kwargs)
+    assert not choices and torch.equal(general.sequences, fast.sequences)
+    torch.testing.assert_close(torch.stack(general.logits), torch.stack(fast.logits))
 
 
 @torch.no_grad()

@@ -223,7 +223,7 @@ class MoLERouter(nn.Module):
         self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
 
     def forward(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None" = None) -> torch.Tensor:
-        logits = self.proj_out(F.silu(self.proj_in(self.normalize(hidden_states))))
+        logits = self.logits(hidden_states)
         if context is not None:
             logits = context.running_mean(logits)
         if self.hard and not self.training:  # the top expert of the logits is the softmax's: skip the softmax
@@ -235,6 +235,19 @@ class MoLERouter(nn.Module):
         kept.scatter_(-1, probabilities.topk(self.top_k, dim=-1).indices, True)  # exactly k, even on ties
         gates = probabilities * kept
         return gates if self.top_k == 1 else gates / gates.sum(dim=-1, keepdim=True)
+
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Each token's own expert logits, before any sequence context."""
+        return self.proj_out(F.silu(self.proj_in(self.normalize(hidden_states))))
+
+    def hard_step_choice(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None") -> str:
+        """Hard routing of one token of one sequence (a decoding step): the expert `forward`'s one-hot weights
+        would pick, without building them. The top expert of the running mean is that of the running sums
+        (their count is positive), so the mean is not taken either; ~2 ms of a MoLE-Llama token here."""
+        logits = self.logits(hidden_states)
+        if context is not None:
+            logits = context.running_sums(logits)[0]
+        return self.expert_names[int(logits.argmax())]
 
     def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`self.norm` (Llama's RMSNorm: float32 statistics, then its weight in the input's dtype) as one fused op
@@ -257,8 +270,8 @@ class MoLERouter(nn.Module):
 
 class SequenceRoutingContext:
     """`router_context="sequence"`: one layer's router logits, replaced at each position by their mean over the
-    sequence's tokens so far (padding left out), starting from the config's prior (`prior_logits`, a float32 tensor
-    of one logit per expert, counted as `prior_tokens` tokens).
+    sequence's tokens so far (padding left out), starting from the config's prior (`prior_sums`, a float32 tensor:
+    the prior's logits times `prior_tokens`, the tokens it counts as).
 
     The running sums live on the KV cache object (attribute `mole_router_sums`, one entry per layer: float32 sums,
     counts, and the cache length they cover), so each generation step adds its token to the sums of the prompt and
@@ -269,16 +282,23 @@ class SequenceRoutingContext:
     CACHE_ATTRIBUTE = "mole_router_sums"
 
     def __init__(
-        self, layer_idx: int, token_mask, cache: Cache | None, prior_logits: torch.Tensor | None = None,
+        self, layer_idx: int, token_mask, cache: Cache | None, prior_sums: torch.Tensor | None = None,
         prior_tokens: float = 0.0,
     ):  # fmt: skip
         self.layer_idx = layer_idx
         self.token_mask = token_mask
         self.cache = cache
-        self.prior_logits = prior_logits
+        self.prior_sums = prior_sums
         self.prior_tokens = prior_tokens
 
     def running_mean(self, logits: torch.Tensor) -> torch.Tensor:
+        sums, counts = self.running_sums(logits)
+        # a left pad (count 0) gets logits 0: equal weights, and it is masked anyway
+        return (sums / counts.clamp_min(1)).to(logits.dtype)
+
+    def running_sums(self, logits: torch.Tensor) -> tuple:
+        """Each position's float32 sums of the logits so far (the prior's included) and their counts; the sums of
+        the last position are kept on the cache for the next step."""
         batch, length = logits.shape[:2]
         # float32 whatever the model's dtype: in bf16 a count of 300 no longer grows by one per token
         if self.token_mask is None:
@@ -307,9 +327,8 @@ class SequenceRoutingContext:
                 sums, counts = sums + past_sums, counts + past_counts
             running[self.layer_idx] = (sums[:, -1:].detach(), counts[:, -1:], past_length + length)
         if self.prior_tokens:
-            sums, counts = sums + self.prior_tokens * self.prior_logits, counts + self.prior_tokens
-        # a left pad (count 0) gets logits 0: equal weights, and it is masked anyway
-        return (sums / counts.clamp_min(1)).to(logits.dtype)
+            sums, counts = sums + self.prior_sums, counts + self.prior_tokens
+        return sums, counts
 
 
 class MoLEDecoderLayer(LlamaDecoderLayer):
@@ -323,7 +342,7 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         prior = config.router_context_prior
         self.router_prior_logits = [prior[name] for name in config.expert_names] if prior else None
         self.router_prior_tokens = config.router_context_prior_tokens
-        self._router_prior_tensors = {}  # device -> the prior as a tensor, made once rather than at every step
+        self._router_prior_tensors = {}  # device -> the prior's sums as a tensor, made once rather than at every step
         self.routing = config.routing
         for parent in (self.self_attn, self.mlp):
             for proj_name, base in list(parent.named_children()):
@@ -340,10 +359,15 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         if self.router_prior_logits is None:
             return None
         if device not in self._router_prior_tensors:
-            self._router_prior_tensors[device] = torch.tensor(
-                self.router_prior_logits, dtype=torch.float32, device=device
-            )
+            prior = torch.tensor(self.router_prior_logits, dtype=torch.float32, device=device)
+            self._router_prior_tensors[device] = self.router_prior_tokens * prior
         return self._router_prior_tensors[device]
+
+    def _routes_one_step_hard(self, hidden_states: torch.Tensor) -> bool:
+        """Whether this call routes one token of one sequence by hard routing with no one watching the router's
+        weights (transformers' `output_expert_weights` records them with a forward hook)."""
+        router = self.router
+        return router.hard and not router.training and hidden_states.shape[:2] == (1, 1) and not router._forward_hooks
 
     def forward(self, hidden_states: torch.Tensor, *args, router_token_mask=None, **kwargs) -> torch.Tensor:
         """Llama's layer, with its projections routed; `router_token_mask` (the batch's 2-D attention mask, passed
@@ -357,7 +381,10 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
                     self.layer_idx, router_token_mask, kwargs.get("cache"), self._router_prior(hidden_states.device),
                     self.router_prior_tokens,
                 )  # fmt: skip
-            routing = self.router(hidden_states, context)
+            if self._routes_one_step_hard(hidden_states):
+                routing = self.router.hard_step_choice(hidden_states, context)
+            else:
+                routing = self.router(hidden_states, context)
         if not isinstance(routing, str):
             routing = self.router.single_expert(routing) or routing  # hard routing: one expert for all tokens
         # Looked up on every call (not kept in a list), so replicas made by nn.DataParallel route their own copies;
