@@ -92,6 +92,16 @@ def make_adapter(base_dir, out_dir, r=4, lora_alpha=8, target_modules=None, new_
     return out_dir
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's training tests, then the count of before: tests after them compare audio
+    made in-process with audio made in a fresh interpreter, which only agree at the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_base")

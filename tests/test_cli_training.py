@@ -44,11 +44,10 @@ SFT = dict(
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, one_torch_thread):
     """A festival speech dataset and a chat dataset on disk, a tiny Llama base with SmolLM2's tokenizer, and a
     tiny recipe pointing at them."""
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli")
     audio = [synthesize(text, voice="kal") for text in SENTENCES]
     speech = Dataset.from_dict(

@@ -29,9 +29,8 @@ LORA = ExpertSpec(name="speech", r=4, lora_alpha=8, lora_dropout=0.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet():
+def quiet(one_torch_thread):
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ pytestmark = pytest.mark.slow
 UNITS = 64
 
 
-def test_short_speech_expert_run_on_smollm2_lowers_the_loss(tmp_path):
+def test_short_speech_expert_run_on_smollm2_lowers_the_loss(tmp_path, one_torch_thread):
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(1)
     texts = [s for s in fortune_sentences() if not is_held_out(s)][:12]
     audio = [resample(*synthesize(text, "kal"), 16000) for text in texts]
     units = fit_semantic_tokenizer(
