@@ -267,8 +267,10 @@ def test_code_probabilities_are_each_frames_distributions_beside_the_same_codes(
         model.generate(units, output_code_probabilities=True)
 
 
-def test_streamed_code_probabilities_match_generate():
-    model = tiny_model(semantic_unit_rate=25)
+@pytest.mark.parametrize("float16_decoding", [False, True])
+def test_streamed_code_probabilities_match_generate(float16_decoding):
+    """Streamed in any pieces, the conditioning blocks, codes and distributions are `generate`'s to the last bit."""
+    model = tiny_model(semantic_unit_rate=25, float16_decoding=float16_decoding)
     units, prompt = random_units(13, 3).tolist(), random_codes(5, 2)
     output = model.generate(
         units, prompt_codes=prompt[None], seed=9, return_dict_in_generate=True, output_code_probabilities=True
@@ -276,8 +278,10 @@ def test_streamed_code_probabilities_match_generate():
     stream = model.stream(prompt_codes=prompt, seed=9, output_code_probabilities=True)
     made = [stream.push(units[start : start + 3]) for start in range(0, len(units), 3)] + [stream.finish()]
     assert torch.equal(torch.cat([codes for codes, _ in made], dim=-1), output.codes[0])
-    streamed = torch.cat([probabilities for _, probabilities in made], dim=1)
-    torch.testing.assert_close(streamed, output.code_probabilities[0], rtol=1e-4, atol=1e-6)  # windows: float rounding
+    assert torch.equal(torch.cat([probabilities for _, probabilities in made], dim=1), output.code_probabilities[0])
+    one_by_one = model.stream(prompt_codes=prompt, seed=9)
+    codes = [one_by_one.push([unit]) for unit in units] + [one_by_one.finish()]
+    assert torch.equal(torch.cat(codes, dim=-1), output.codes[0])
 
 
 def test_seed_gives_reproducible_samples_without_touching_global_rng(model):

@@ -327,11 +327,19 @@ def test_a_stream_generates_on_the_callers_thread_and_stops_when_dropped(tts_dir
             ended.append(sys.exc_info()[0])
 
     monkeypatch.setattr(model, "speech_token_rows", spy)
-    stream = model.stream("One short sentence. And a second one!", seed=3)
-    assert len(next(stream))
-    stream.close()
+    with torch.enable_grad():  # the consumer's grad mode is its own, generate's (no gradients) is generate's
+        stream = model.stream("One short sentence. And a second one!", seed=3)
+        assert len(next(stream)) and torch.is_grad_enabled()
+        stream.close()
+        assert torch.is_grad_enabled()
     assert threads_seen == [threading.get_ident()]  # one piece begun, on this thread
     assert ended in ([None], [greenlet.GreenletExit])  # it ran to its end, or was ended where it waited
+    stream, errors = model.stream("One short sentence.", seed=3), []
+    next(stream)
+    elsewhere = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, next, stream)))
+    elsewhere.start()
+    elsewhere.join()
+    assert "read a stream on one thread" in str(errors[0].value)
     quantize_llm_int8(model)
     chunks = list(model.stream("One short sentence.", seed=3))
     assert chunks and all(torch.isfinite(chunk).all() for chunk in chunks)

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def is_one_row(x: torch.Tensor) -> bool:
-    """Whether `x` holds a single row (one token of one sequence)."""
-    return x.numel() == x.shape[-1]
+def is_cpu_row(x: torch.Tensor) -> bool:
+    """Whether `x` is a single row (one token of one sequence) on the CPU, the case the float16 kernel speeds up
+    (on a GPU the overflow check's sync would stall every projection)."""
+    return x.device.type == "cpu" and x.numel() == x.shape[-1]
 
 
 def float16_row_product(x: torch.Tensor, weight16: torch.Tensor, bias=None):
@@ -41,7 +42,7 @@ def rounded_copies(weight: torch.Tensor) -> tuple:
 
 class Float16StepLinear(nn.Linear):
     """An `nn.Linear` (same parameters and state-dict keys) that, in inference on float32 weights, multiplies a single
-    row by a float16 copy of its weight and anything else by that copy's float32 values (`rounded_copies`).
+    row on the CPU by a float16 copy of its weight and anything else by that copy's float32 values (`rounded_copies`).
 
     With gradients on it is a plain `nn.Linear`. The copies are kept until the weight changes in place (its version)
     or moves (its storage). `rows` multiplies by a slice of the output rows only (the acoustic LM's per-codebook
@@ -73,7 +74,7 @@ class Float16StepLinear(nn.Linear):
         if rows is not None:
             weight, bias = weight[rows], None if bias is None else bias[rows]
             half = None if half is None else half[rows]
-        if half is not None and is_one_row(x):
+        if half is not None and is_cpu_row(x):
             result = float16_row_product(x, half, bias)
             if result is not None:
                 return result

@@ -588,7 +588,8 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
         Each item gets exactly `ceil(len(units) * frame_rate / unit_rate)` frames (at most `max_frames`), so the
         length follows the units and never runs on. Items of a padded batch (or a list of different lengths)
-        come out as they would alone; their frames past the end hold `PAD_CODE` (-100).
+        come out as they would alone (with `float16_decoding`, alone they step in float16 and in a batch in
+        float32: a sampled code can then differ); their frames past the end hold `PAD_CODE` (-100).
 
         Args:
             semantic_units: `[batch, units]` LongTensor (with `semantic_units_mask` for padding), a list of

@@ -10,9 +10,11 @@ and takes `output["audio"]`, the Bark pattern.
 Self-contained (torch, transformers, huggingface_hub and sibling files) for `trust_remote_code=True`.
 """
 
+import contextvars
 import logging
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +164,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     spoken in batches (left-padded LLM generation, then one acoustic LM pass per batch), and `voice` (a waveform
     at the codec's rate, `(waveform, rate)` or a file path) conditions the acoustic LM on a reference speaker.
     Each piece samples from its own seed (`seed` + its index in its text), so a text comes out the same alone, in
-    a batch, or streamed.
+    a batch, or streamed (to the rounding of float16 steps where `float16_decoding` is on: a piece alone steps in
+    float16, a batch of pieces in float32).
     """
 
     def __init__(self, config):
@@ -341,8 +344,10 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def stream(self, text: str, voice=None, seed=None, **kwargs):
         """Speak `text`, yielding its audio in chunks (1-D float tensors) as soon as they are final: within a piece
         a few units after the LLM says them (`PieceSpeechStream`), and a pause between pieces. Joined, the chunks
-        equal `generate`'s audio for the same seed. The LLM runs in a greenlet that also makes the audio, so
-        the work is the same as `speak`'s, only ordered for an early start."""
+        equal `generate`'s audio for the same seed (a text of several pieces to the rounding of float16 steps,
+        where the acoustic LM's `float16_decoding` is on: `generate` speaks its pieces as a batch, a stream one by
+        one). The LLM runs in a greenlet on this thread that also makes the audio, so the work is the same as
+        `speak`'s, only ordered for an early start; read the stream on this thread."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
         first_seed = piece_seed_base(seed, reseed_llm=True)
@@ -357,12 +362,11 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         streamer = _UnitStreamer(self.speech_ids, speech)
         producer = streamer.start(self.speech_token_rows, [piece], **kwargs)
         try:
-            while (chunk := producer.switch()) is not _UnitStreamer.DONE:
+            while (chunk := streamer.resume(producer)) is not _UnitStreamer.DONE:
                 if len(chunk):
                     yield chunk
         finally:
-            if not producer.dead:  # a consumer that stops early ends the generation where it waits
-                producer.throw()  # greenlet.GreenletExit, raised where generate waits: it ends quietly
+            streamer.stop(producer)  # a consumer that stops early ends the generation where it waits
 
     def plan_pieces(self, text: str, prompt_codes=None, **kwargs) -> list:
         """The short pieces `text` is spoken in, after checking, before any model runs, that every piece's caps
@@ -539,31 +543,68 @@ class _UnitStreamer(BaseStreamer):
 
     `generate` runs in a greenlet on the consumer's own thread, which it leaves at each chunk and resumes at the
     consumer's next request: PyTorch's float16 matrix-vector products ran ~1.7x slower from a second thread here
-    (its OpenMP team), and a worker thread had made a streamed sentence take ~1.9x as long as `speak`."""
+    (its OpenMP team), and a worker thread had made a streamed sentence take ~1.9x as long as `speak`. So a stream
+    is read on the thread that began it. Grad mode belongs to the thread, not to a greenlet: each side keeps its own
+    across the switches (`generate` runs without gradients, the consumer as it chose)."""
 
     DONE = object()
 
     def __init__(self, speech_ids: SpeechTokenIds, speech: PieceSpeechStream):
         self.speech_ids, self.speech = speech_ids, speech
-        self.consumer = None
+        self.thread = None
         self.prompt_seen = self.ended = False
         self.said = 0
 
     def start(self, generate_rows, texts: list, **kwargs):
-        """The greenlet that runs `generate_rows(texts, streamer=self, **kwargs)`; each `switch()` to it returns
-        the next chunk, then `DONE`."""
+        """The greenlet that runs `generate_rows(texts, streamer=self, **kwargs)`, with the caller's context
+        variables; `resume` runs it to its next chunk."""
         if greenlet is None:
             raise ImportError("streaming needs the greenlet package: pip install greenlet")
-        self.consumer = greenlet.getcurrent()
+        self.thread = threading.get_ident()
 
         def produce():
             generate_rows(texts, streamer=self, **kwargs)
             if self.said == 0:
                 raise NoSpeechUnitsError(f"the model produced no speech units for {texts[0]!r}")
-            self.consumer.switch(self.speech.finish())
+            self._hand_over(self.speech.finish())
             return self.DONE
 
-        return greenlet.greenlet(produce, parent=self.consumer)
+        producer = greenlet.greenlet(produce)
+        producer.gr_context = contextvars.copy_context()
+        return producer
+
+    def resume(self, producer):
+        """Run the generation until its next chunk (then `DONE`); its errors are raised here."""
+        if threading.get_ident() != self.thread:
+            raise RuntimeError(
+                "this stream is read on another thread than the one that began it: its generation runs on that "
+                "thread (in a greenlet), so read a stream on one thread (e.g. collect its chunks there and hand "
+                "them on through a queue)"
+            )
+        grad = torch.is_grad_enabled()
+        producer.parent = greenlet.getcurrent()
+        try:
+            return producer.switch()
+        finally:
+            torch.set_grad_enabled(grad)
+
+    def stop(self, producer) -> None:
+        """End a generation its consumer left, where it waits (`greenlet.GreenletExit`: it ends quietly); one
+        left on another thread ends when it is collected."""
+        if producer.dead or threading.get_ident() != self.thread:
+            return
+        grad = torch.is_grad_enabled()
+        producer.parent = greenlet.getcurrent()
+        try:
+            producer.throw()
+        finally:
+            torch.set_grad_enabled(grad)
+
+    def _hand_over(self, chunk: torch.Tensor) -> None:
+        """Give `chunk` to the consumer and wait for its next request, in the grad mode `generate` left."""
+        grad = torch.is_grad_enabled()
+        greenlet.getcurrent().parent.switch(chunk)
+        torch.set_grad_enabled(grad)
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate's first call carries the prompt
@@ -576,7 +617,7 @@ class _UnitStreamer(BaseStreamer):
         units = self.speech_ids.token_ids_to_units(tokens)  # those before the end marker
         if units:
             self.said += len(units)
-            self.consumer.switch(self.speech.push(units))
+            self._hand_over(self.speech.push(units))
 
     def end(self) -> None:
         pass
