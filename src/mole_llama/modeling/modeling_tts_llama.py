@@ -581,22 +581,22 @@ class _UnitStreamer(BaseStreamer):
                 "thread (in a greenlet), so read a stream on one thread (e.g. collect its chunks there and hand "
                 "them on through a queue)"
             )
-        grad = torch.is_grad_enabled()
-        producer.parent = greenlet.getcurrent()
-        try:
-            return producer.switch()
-        finally:
-            torch.set_grad_enabled(grad)
+        return self._enter(producer, producer.switch)
 
     def stop(self, producer) -> None:
         """End a generation its consumer left, where it waits (`greenlet.GreenletExit`: it ends quietly); one
         left on another thread ends when it is collected."""
-        if producer.dead or threading.get_ident() != self.thread:
-            return
+        if not producer.dead and threading.get_ident() == self.thread:
+            self._enter(producer, producer.throw)
+
+    @staticmethod
+    def _enter(producer, go):
+        """`go()` into the generation (switch, or throw) from this greenlet, which it comes back to, in this
+        greenlet's grad mode afterwards."""
         grad = torch.is_grad_enabled()
         producer.parent = greenlet.getcurrent()
         try:
-            producer.throw()
+            return go()
         finally:
             torch.set_grad_enabled(grad)
 
