@@ -4,12 +4,14 @@
 - real-time factor (compute seconds / audio seconds, median over sentences) per stage: LLM units, durations,
   acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32 weights, one-token
   steps and one-frame acoustic LM steps multiplied in float16: `float16_decoding`), with plain float32 steps in both,
-  and with its LLM in int8
-  (`conversion.int8.quantize_llm_int8`), with the unit error rate of each variant's units against the plain float32
+  with its LLM in int8 (`conversion.int8.quantize_llm_int8`), and as shipped with compiled decoding steps
+  (`compile_decoding`: torch.compile of the LLM's and the acoustic LM's steps; its compile time printed apart),
+  with the unit error rate of each variant's units against the plain float32
   ones (0: it says the same);
 - time to the first streamed chunk of a one-sentence text (median over the sentences, each variant), beside the
   whole call;
-- a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio);
+- a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio), eager and
+  compiled;
 - MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
   and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with the LM
   head over the whole vocabulary (before speaking scored the speech tokens alone).
@@ -107,10 +109,13 @@ def main():
         Path(tts_dir) / "acoustic_lm", float16_decoding=False
     ).eval()  # its frames in float32 too
     tts_int8 = quantize_llm_int8(pipeline("text-to-speech", model=tts_dir).model)
+    tts_compiled = pipeline("text-to-speech", model=tts_dir, model_kwargs={"compile_decoding": True}).model
     mole = pipeline("text-to-speech", model=str(args.mole or embedded_model_path("mole-llama"))).model
-    variants = {"float32 steps": tts_float32, "shipped (float16 steps)": tts, "int8 LLM": tts_int8}
-    for model in variants.values():
-        model.speak("Warm up.", seed=0)  # first-call costs (allocations, lazy imports) out of the figures
+    variants = {"float32 steps": tts_float32, "shipped (float16 steps)": tts, "int8 LLM": tts_int8,
+                "shipped, compiled decoding": tts_compiled}  # fmt: skip
+    for name, model in variants.items():
+        _, seconds = timed(model.speak, "Warm up.", seed=0)  # first-call costs (allocations, compiles) kept apart
+        print(f"first call of {name}: {seconds:.1f} s")
 
     spoken = sentences[: args.sentences]
     print(f"torch threads: {torch.get_num_threads()}; {args.sentences} held-out sentences; shipped float16_decoding="
@@ -142,12 +147,14 @@ def main():
     one = sentences[0]
 
     batch = sentences[: args.batch]
-    calls = round_robin_medians({
-        "batched": lambda: timed(tts.speak_texts, batch, seed=0, batch_size=args.batch)[1],
-        "serial": lambda: sum(timed(tts.speak_texts, [text], seed=0, batch_size=1)[1] for text in batch),
-    }, rounds=3)  # fmt: skip
-    print(f"{len(batch)} sentences (medians of 3 rounds): one batched call {calls['batched']:.1f} s, one call each "
-          f"{calls['serial']:.1f} s: throughput x{calls['serial'] / calls['batched']:.2f}")  # fmt: skip
+    tts_compiled.speak_texts(batch, seed=0, batch_size=args.batch)  # its LLM compiles once per batch size
+    for name, model in (("eager", tts), ("compiled decoding", tts_compiled)):
+        calls = round_robin_medians({
+            "batched": lambda: timed(model.speak_texts, batch, seed=0, batch_size=args.batch)[1],
+            "serial": lambda: sum(timed(model.speak_texts, [text], seed=0, batch_size=1)[1] for text in batch),
+        }, rounds=3)  # fmt: skip
+        print(f"{len(batch)} sentences, {name} (medians of 3 rounds): one batched call {calls['batched']:.1f} s, one "
+              f"call each {calls['serial']:.1f} s: throughput x{calls['serial'] / calls['batched']:.2f}")  # fmt: skip
 
     speaking = {"TTS-Llama": [], "MoLE-Llama": []}  # per sentence: (seconds, audio seconds)
     for seed, text in enumerate(spoken):  # round-robin, the order alternating, so drift hits both alike

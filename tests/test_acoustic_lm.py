@@ -284,6 +284,28 @@ def test_streamed_code_probabilities_match_generate(float16_decoding):
     assert torch.equal(torch.cat(codes, dim=-1), output.codes[0])
 
 
+@torch.no_grad()
+def test_compiled_decoding_makes_the_codes_and_distributions_of_eager_steps():
+    """`compile_decoding` compiles the one-frame decoder step (not the first step, nor training's forward); its
+    rounding differs from eager steps' by float32 last bits only, so greedy codes stay the same, alone, in a batch of
+    different lengths and streamed."""
+    model = tiny_model(semantic_unit_rate=25, float16_decoding=True)
+    units, prompt = [random_units(13, 3), random_units(7, 4)], random_codes(5, 2)
+    settings = dict(prompt_codes=prompt[None], do_sample=False, return_dict_in_generate=True,
+                    output_code_probabilities=True)  # fmt: skip
+    eager = model.generate(units, **settings)
+    alone = model.generate(units[:1], **settings)
+    model.compile_decoding()
+    for reference, items in ((eager, units), (alone, units[:1])):
+        compiled = model.generate(items, **settings)
+        assert torch.equal(compiled.codes, reference.codes)
+        torch.testing.assert_close(compiled.code_probabilities, reference.code_probabilities, atol=1e-5, rtol=0)
+    stream = model.stream(prompt_codes=prompt, do_sample=False)
+    made = [stream.push(units[0][start : start + 4].tolist()) for start in range(0, 13, 4)] + [stream.finish()]
+    assert torch.equal(torch.cat(made, dim=-1), alone.codes[0])
+    assert model.state_dict().keys() == tiny_model(semantic_unit_rate=25).state_dict().keys()
+
+
 def test_seed_gives_reproducible_samples_without_touching_global_rng(model):
     units = random_units(8, 6)
     state = torch.get_rng_state()

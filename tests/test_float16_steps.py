@@ -1,12 +1,13 @@
 """Float16 one-row products (`modeling/float16_steps.py`) and the acoustic LM's `float16_decoding`."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_acoustic_lm import TINY, random_codes, random_units
 from torch import nn
 
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
-from mole_llama.modeling.float16_steps import Float16StepLinear, use_float16_steps
+from mole_llama.modeling.float16_steps import Float16StepLinear, check_finite_step, use_float16_steps
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 
 
@@ -84,3 +85,17 @@ def test_acoustic_lm_float16_decoding_loads_the_same_weights_and_steps_in_float1
         torch.testing.assert_close(
             alone.code_probabilities[0, :, :frames], other.code_probabilities[0, :, :frames], atol=2e-3, rtol=0
         )
+
+
+@torch.no_grad()
+def test_a_compiled_step_multiplies_by_the_copies_an_eager_step_kept_and_overflow_is_refused():
+    """Inside `torch.compile` the per-product overflow check (a host sync) is skipped and the copies' staleness
+    check (a data pointer) too: the graph reads the copies the eager step made, and the step's output is checked."""
+    _, step = step_linear()
+    row = torch.randn(1, 24)
+    eager = step(row)  # keeps the float16 copy
+    compiled = torch.compile(step, dynamic=False)
+    assert torch.equal(compiled(row), eager)
+    check_finite_step(eager)
+    with pytest.raises(FloatingPointError, match="float16_decoding=False"):
+        check_finite_step(torch.tensor([1.0, float("inf")]))

@@ -447,3 +447,11 @@ def test_spoken_answers_need_a_learned_router(tts_dir, tmp_path):
 
     with pytest.raises(ValueError, match="forces routing='speech': give a MoLE-Llama with its learned router"):
         evaluate_speech(tts_dir, None, tmp_path, qa={"known": []})  # refused before the corpus is read
+
+
+def test_compile_decoding_needs_one_fixed_routing(tts_dir):
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    model.model.layers[0].routing = None  # as a MoLE-Llama's layers: their routers choose
+    with pytest.raises(ValueError, match="compile_decoding needs one fixed routing"):
+        model.compile_decoding()
+    assert not model.decoding_compiled and model.acoustic_lm._compiled_decoder_step is None

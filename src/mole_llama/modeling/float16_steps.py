@@ -26,12 +26,25 @@ def is_cpu_row(x: torch.Tensor) -> bool:
 def float16_row_product(x: torch.Tensor, weight16: torch.Tensor, bias=None):
     """`x @ weight16.T (+ bias)` in float32 from a float16 product, or None when a value passes float16's range.
 
-    Llama's "massive activations" reach ~3e4 in SmolLM2, near float16's 6.5e4; a value past it makes the sum inf
-    or NaN, and the caller takes the float32 product instead (one sum: a quarter of `isfinite().all()`'s time)."""
+    Llama's "massive activations" reach ~3e4 in SmolLM2's residual stream, near float16's 6.5e4; a value past it
+    makes the sum inf or NaN, and the caller takes the float32 product instead (one sum: a quarter of
+    `isfinite().all()`'s time). Inside a compiled step (`torch.compile`) the check would stop the graph at every
+    projection, so there the product is returned as it is and the step's output is checked (`check_finite_step`):
+    an overflow anywhere in a step reaches it as inf or NaN."""
     result = F.linear(x.half(), weight16).float()
-    if not math.isfinite(result.sum().item()):
+    if not torch.compiler.is_compiling() and not math.isfinite(result.sum().item()):
         return None
     return result if bias is None else result + bias
+
+
+def check_finite_step(values: torch.Tensor) -> None:
+    """Refuse a compiled decoding step's output that holds inf or NaN: one of its float16 products overflowed
+    (`float16_row_product` checks each product only outside compiled steps)."""
+    if not bool(torch.isfinite(values).all()):
+        raise FloatingPointError(
+            "a compiled decoding step overflowed float16 (inf or NaN in its output): load the model with "
+            "float16_decoding=False, or speak without compile_decoding"
+        )
 
 
 def rounded_copies(weight: torch.Tensor) -> tuple:
@@ -60,7 +73,10 @@ class Float16StepLinear(nn.Linear):
         return step
 
     def rounded_weights(self) -> tuple:
-        """The weight rounded to float16 precision (float32) and its float16 copy."""
+        """The weight rounded to float16 precision (float32) and its float16 copy. A compiled step cannot trace the
+        staleness check (a data pointer) and takes the copies an eager step kept (`generate`'s first step is eager)."""
+        if torch.compiler.is_compiling():
+            return self._rounded[1:]
         weight = self._parameters["weight"]
         key = (weight.data_ptr(), weight._version)
         if self._rounded is None or self._rounded[0] != key:

@@ -35,7 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaModel, Llama
 from transformers.utils import ModelOutput
 
 from .configuration_acoustic_lm import AcousticLMConfig
-from .float16_steps import Float16StepLinear, use_float16_steps
+from .float16_steps import Float16StepLinear, check_finite_step, use_float16_steps
 
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
@@ -202,6 +202,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             use_float16_steps(self.model)
             use_float16_steps(self.head_mlp)
             self.lm_head = Float16StepLinear.from_linear(self.lm_head)
+        self._compiled_decoder_step = None  # `compile_decoding`
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -541,12 +542,28 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
         return inputs, attention_mask, position_ids[:, -1:] + 1
 
+    def compile_decoding(self, **compile_kwargs) -> None:
+        """Compile the decoder's one-frame step with `torch.compile` (inductor; `compile_kwargs` go to it, default
+        `dynamic=True`: the KV cache grows every frame). On a CPU the step is mostly the overhead of small ops,
+        which the compiled graph fuses; the first generation pays the compile (inductor keeps it on disk for the
+        next process). The first step of each generation (the voice prompt and the first frame) stays eager, and
+        training's `forward` is untouched."""
+        self._compiled_decoder_step = torch.compile(self._decoder_step, **{"dynamic": True, **compile_kwargs})
+
+    def _decoder_step(self, inputs, attention_mask, position_ids, cache) -> torch.Tensor:
+        """The decoder's state after `inputs` (the KV cache grows by them): `[b, hidden]` at the last input."""
+        return self.model(
+            inputs_embeds=inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
+        ).last_hidden_state[:, -1]
+
     def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose, with_probabilities: bool = False):
         """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`,
         and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
-        hidden = self.model(
-            inputs_embeds=inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
-        ).last_hidden_state[:, -1]
+        if self._compiled_decoder_step is not None and cache.get_seq_length() > 0:
+            hidden = self._compiled_decoder_step(inputs, attention_mask, position_ids, cache)
+            check_finite_step(hidden)
+        else:  # eager: it also keeps the float16 copies fresh for the compiled steps (`Float16StepLinear`)
+            hidden = self._decoder_step(inputs, attention_mask, position_ids, cache)
         lower = torch.zeros_like(hidden)
         codes, probabilities = [], []
         for codebook in range(self.config.num_codebooks):

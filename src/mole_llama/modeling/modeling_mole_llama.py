@@ -148,6 +148,9 @@ class MoLELinear(nn.Linear):
         rounded = self.float16_decoding and weight.dtype == torch.float32
         if expert is None and not rounded:
             return weight
+        if torch.compiler.is_compiling():  # a data pointer cannot be traced: `generate`'s eager prefill kept it fresh
+            cached = self._merged[name]
+            return cached[2] if float16 and cached[2] is not None else cached[1]
         key = (weight.data_ptr(), weight._version)
         if expert is not None:
             key += (expert._version, self.lora_B._parameters[name]._version)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, LogitsProcessorList
+from transformers import AutoTokenizer, CompileConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 try:  # streaming's own need; in a try block, which transformers' remote-code import check skips
@@ -29,6 +29,7 @@ except ImportError:
     greenlet = None
 
 from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
+from .float16_steps import check_finite_step
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import MoLELlamaForCausalLM
@@ -74,6 +75,10 @@ it on for a codec that can (`decode_expected`: the mel codec), where it was meas
 LLM_GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acoustic_top_k", "acoustic_do_sample",
                "acoustic_expected_decoding")  # fmt: skip
+COMPILED_CACHE_TOKENS = 256
+"""The static KV cache a compiled LLM decodes into (`compile_decoding`): room for a piece's prompt (~50 tokens) and
+its units cap (`MAX_PIECE_WORDS` words: ~160), so pieces reuse one cache and one compiled graph per batch size;
+transformers grows it (and compiles again) only for a longer piece."""
 PIPELINE_KEYS = ("return_dict_in_generate", "pad_token_id")
 """What the stock pipeline adds to every call: the output is always a dict, and one text is decoded at a time with the
 tokenizer's own pad token, so both are taken and need nothing."""
@@ -172,14 +177,40 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         super().__init__(config)
         self.tokenizer = None  # the LLM's tokenizer with the speech tokens (not a module)
         self.speech_ids = None
+        self.decoding_compiled = False  # `compile_decoding`
         for name in SPEECH_PART_NAMES:
             setattr(self, name, None)  # child modules once `attach_speech_parts` runs
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, compile_decoding: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the speech parts from their subfolders; `compile_decoding=True`
+        (also as a pipeline's `model_kwargs`) calls `compile_decoding` on the loaded model."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model.load_speech_parts(pretrained_model_name_or_path)
+        if compile_decoding:
+            model.compile_decoding()
         return model
+
+    def compile_decoding(self) -> "MoLELlamaForTextToWaveform":
+        """Speak with compiled decoding steps: the LLM's (transformers' `generate` with a static cache and a
+        `CompileConfig`) and the acoustic LM's (`AcousticLMForConditionalGeneration.compile_decoding`).
+
+        On a CPU a decoding step of these small models is mostly the overhead of many small ops, which inductor
+        fuses (benchmarks/bench_tts.py measures it); the first speaking call pays the compiles (~45 s here; inductor
+        keeps them on disk, so the next process pays less), and each new batch size compiles the LLM's step again.
+        Prefills and each generation's first acoustic frame stay eager. The compiled graphs round differently from
+        eager steps, so they speak the same text a little differently (greedy units stay the same where no two
+        scores nearly tie). Needs one fixed routing (a TTS-Llama, `config.routing`): a MoLE-Llama's router picks
+        each token's expert on the host, which a compiled graph cannot follow."""
+        self._check_loaded()
+        if any(layer.routing is None for layer in self.model.layers):
+            raise ValueError(
+                "compile_decoding needs one fixed routing (a TTS-Llama: config.routing set); this model routes each "
+                "token by its routers, which a compiled step cannot follow: speak without compile_decoding"
+            )
+        self.acoustic_lm.compile_decoding()
+        self.decoding_compiled = True
+        return self
 
     def load_speech_parts(self, name_or_path) -> None:
         """The tokenizer and the speech parts saved beside the LLM, in its dtype and on its device."""
@@ -476,10 +507,17 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         caps = [self.units_cap(text, **kwargs) for text in texts]
         llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
         llm_kwargs["max_new_tokens"] = max(caps)
+        processors = [SpeechUnitsLogitsProcessor(self.speech_ids)]
+        if self.decoding_compiled:
+            compile_config = CompileConfig(dynamic=False, mode="default")
+            compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
+            llm_kwargs.update(cache_implementation="static", max_cache_len=COMPILED_CACHE_TOKENS,
+                              compile_config=compile_config)  # fmt: skip
+            processors.insert(0, _FiniteStepCheck(self.speech_ids.speakable(self.device)))
         generated = super().generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(self.speech_ids)]),
+            logits_processor=LogitsProcessorList(processors),
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
             streamer=streamer,
@@ -535,6 +573,18 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
         decode = self.codec.decode_expected if expected else self.codec.decode
         return decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
+
+
+class _FiniteStepCheck(LogitsProcessor):
+    """A compiled LLM step's scores of the speakable tokens must be finite (`check_finite_step`); the other tokens
+    are -inf by design (`logits_vocabulary`)."""
+
+    def __init__(self, vocabulary: torch.LongTensor):
+        self.vocabulary = vocabulary
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        check_finite_step(scores[:, self.vocabulary])
+        return scores
 
 
 class _UnitStreamer(BaseStreamer):
