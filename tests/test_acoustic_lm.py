@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from copy import deepcopy
 
 import pytest
 import torch
@@ -286,9 +287,9 @@ def test_streamed_code_probabilities_match_generate(float16_decoding):
 
 @torch.no_grad()
 def test_compiled_decoding_makes_the_codes_and_distributions_of_eager_steps():
-    """`compile_decoding` compiles the one-frame decoder step (not the first step, nor training's forward); its
-    rounding differs from eager steps' by float32 last bits only, so greedy codes stay the same, alone, in a batch of
-    different lengths and streamed."""
+    """`compile_decoding` compiles the one-frame decoder step (not a generation's first step, nor training's
+    forward); its rounding differs from eager steps' by float32 last bits only, so greedy codes stay the same, alone,
+    in a batch of different lengths and streamed."""
     model = tiny_model(semantic_unit_rate=25, float16_decoding=True)
     units, prompt = [random_units(13, 3), random_units(7, 4)], random_codes(5, 2)
     settings = dict(prompt_codes=prompt[None], do_sample=False, return_dict_in_generate=True,
@@ -296,13 +297,25 @@ def test_compiled_decoding_makes_the_codes_and_distributions_of_eager_steps():
     eager = model.generate(units, **settings)
     alone = model.generate(units[:1], **settings)
     model.compile_decoding()
+    compiled_step, calls = model._compiled_decoder_step, []
+    model._compiled_decoder_step = lambda *args: calls.append(1) or compiled_step(*args)
     for reference, items in ((eager, units), (alone, units[:1])):
+        calls.clear()
         compiled = model.generate(items, **settings)
+        assert len(calls) == compiled.codes.shape[-1] - 1  # every frame but the first
         assert torch.equal(compiled.codes, reference.codes)
         torch.testing.assert_close(compiled.code_probabilities, reference.code_probabilities, atol=1e-5, rtol=0)
     stream = model.stream(prompt_codes=prompt, do_sample=False)
     made = [stream.push(units[0][start : start + 4].tolist()) for start in range(0, 13, 4)] + [stream.finish()]
     assert torch.equal(torch.cat(made, dim=-1), alone.codes[0])
+    copy = deepcopy(model)  # a copy steps with its own decoder weights through the same compiled function
+    copy.model.layers[0].mlp.down_proj.weight.mul_(3)
+    eager_copy = deepcopy(copy)
+    eager_copy._compiled_decoder_step = None
+    changed = copy.generate(units[:1], **settings).code_probabilities
+    assert not torch.allclose(changed, alone.code_probabilities, atol=1e-3)
+    reference = eager_copy.generate(units[:1], **settings).code_probabilities
+    torch.testing.assert_close(changed, reference, atol=1e-5, rtol=0)
     assert model.state_dict().keys() == tiny_model(semantic_unit_rate=25).state_dict().keys()
 
 

@@ -79,13 +79,15 @@ def test_its_float16_decoding_says_what_float32_steps_say(folder):
 
 def test_its_compiled_decoding_says_what_eager_steps_say(folder):
     """`compile_decoding` (torch.compile of the LLM's and the acoustic LM's steps, ~25% less time a step here):
-    greedy units measured identical to eager steps' on 6 held-out sentences, and Whisper understands its audio."""
+    its greedy units were identical to eager steps' on 6 held-out sentences in a probe and 8 in the benchmark (here
+    2, with room for other machines' arithmetic), and Whisper understands its audio."""
     compiled = pipeline("text-to-speech", model=str(folder), model_kwargs={"compile_decoding": True})
     eager = pipeline("text-to-speech", model=str(folder)).model
     assert compiled.model.decoding_compiled and compiled.model.acoustic_lm._compiled_decoder_step is not None
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:2]
     units = [compiled.model.speech_units(text) for text in sentences]
     assert unit_error_rate([eager.speech_units(text) for text in sentences], units) <= 0.05
+    assert hasattr(compiled.model, "_compiled_call")  # transformers took the compiled route
     outputs = compiled(sentences, generate_kwargs={"do_sample": False, "seed": 0})
     heard = [transcribe(output["audio"], output["sampling_rate"]) for output in outputs]
     assert clipped_sentence_wer(sentences, heard) < MAX_WER

@@ -7,7 +7,12 @@ from test_acoustic_lm import TINY, random_codes, random_units
 from torch import nn
 
 from mole_llama.modeling.configuration_acoustic_lm import AcousticLMConfig
-from mole_llama.modeling.float16_steps import Float16StepLinear, check_finite_step, use_float16_steps
+from mole_llama.modeling.float16_steps import (
+    Float16StepLinear,
+    allow_compiled_steps,
+    check_finite_step,
+    use_float16_steps,
+)
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
 
 
@@ -88,14 +93,29 @@ def test_acoustic_lm_float16_decoding_loads_the_same_weights_and_steps_in_float1
 
 
 @torch.no_grad()
-def test_a_compiled_step_multiplies_by_the_copies_an_eager_step_kept_and_overflow_is_refused():
-    """Inside `torch.compile` the per-product overflow check (a host sync) is skipped and the copies' staleness
-    check (a data pointer) too: the graph reads the copies the eager step made, and the step's output is checked."""
-    _, step = step_linear()
+def test_a_compiled_decoding_step_reads_the_copies_the_eager_step_kept_and_its_overflow_is_refused():
+    """Marked for compiled decoding (`allow_compiled_steps`), a compiled step skips the per-product overflow check (a
+    host sync) and the copies' staleness check (a data pointer): it reads the copies the eager step before it made,
+    and the step's output is checked. Unmarked, a compiled module traces the eager, checked code."""
+    _, step = step_linear(bias=False)
     row = torch.randn(1, 24)
     eager = step(row)  # keeps the float16 copy
+    unmarked = torch.compile(step, dynamic=False)
+    step.weight.fill_(1.0)
+    big = torch.full((1, 24), 5e4)  # each product 1.2e6, past float16's 6.5e4
+    assert torch.equal(unmarked(big), torch.full((1, 10), 1.2e6))  # redone in float32, as eagerly
+    step.weight.normal_()
+    eager = step(row)
+    allow_compiled_steps(step)
     compiled = torch.compile(step, dynamic=False)
     assert torch.equal(compiled(row), eager)
-    check_finite_step(eager)
+    step.weight.mul_(2)  # in place: the compiled step follows once an eager step has refreshed the copies
+    assert torch.equal(step(row), 2 * eager) and torch.equal(compiled(row), 2 * eager)
+    check_finite_step(eager, float16=True)
+    step.weight.fill_(1.0)
+    assert torch.isfinite(step(big)).all()  # eagerly redone in float32
+    overflowed = compiled(big)
     with pytest.raises(FloatingPointError, match="float16_decoding=False"):
-        check_finite_step(torch.tensor([1.0, float("inf")]))
+        check_finite_step(overflowed, float16=True)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        check_finite_step(torch.tensor([1.0, float("nan")]), float16=False)

@@ -449,9 +449,29 @@ def test_spoken_answers_need_a_learned_router(tts_dir, tmp_path):
         evaluate_speech(tts_dir, None, tmp_path, qa={"known": []})  # refused before the corpus is read
 
 
-def test_compile_decoding_needs_one_fixed_routing(tts_dir):
+@torch.no_grad()
+def test_compiled_decoding_says_what_eager_steps_say_alone_batched_and_streamed(tts_dir):
+    """`compile_decoding` takes transformers' compiled route for the LLM's steps (a static cache and a
+    `CompileConfig`) and compiles the acoustic LM's: the greedy units of eager steps, alone and in a batch, and a
+    stream that joins into `speak`'s audio."""
+    eager = pipeline("text-to-speech", model=str(tts_dir)).model
+    model = pipeline("text-to-speech", model=str(tts_dir), model_kwargs={"compile_decoding": True}).model
+    texts = ["Hello there.", "A longer sentence to say."]
+    assert model.speech_units_batch(texts) == eager.speech_units_batch(texts)
+    assert hasattr(model, "_compiled_call")  # transformers compiled the LLM's decoding step
+    assert [model.speech_units(text) for text in texts] == [eager.speech_units(text) for text in texts]
+    drawn = {"acoustic_expected_decoding": False}
+    assert torch.equal(torch.cat(list(model.stream(texts[1], seed=3, **drawn))), model.speak(texts[1], seed=3, **drawn))
+
+
+def test_compile_decoding_needs_one_fixed_routing_and_float_weights(tts_dir):
+    from mole_llama.conversion.int8 import quantize_llm_int8
+
     model = pipeline("text-to-speech", model=str(tts_dir)).model
     model.model.layers[0].routing = None  # as a MoLE-Llama's layers: their routers choose
     with pytest.raises(ValueError, match="compile_decoding needs one fixed routing"):
         model.compile_decoding()
     assert not model.decoding_compiled and model.acoustic_lm._compiled_decoder_step is None
+    int8 = quantize_llm_int8(pipeline("text-to-speech", model=str(tts_dir)).model)
+    with pytest.raises(ValueError, match="int8-quantized"):
+        int8.compile_decoding()

@@ -23,28 +23,46 @@ def is_cpu_row(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.numel() == x.shape[-1]
 
 
-def float16_row_product(x: torch.Tensor, weight16: torch.Tensor, bias=None):
+def float16_row_product(x: torch.Tensor, weight16: torch.Tensor, bias=None, checked: bool = True):
     """`x @ weight16.T (+ bias)` in float32 from a float16 product, or None when a value passes float16's range.
 
     Llama's "massive activations" reach ~3e4 in SmolLM2's residual stream, near float16's 6.5e4; a value past it
     makes the sum inf or NaN, and the caller takes the float32 product instead (one sum: a quarter of
-    `isfinite().all()`'s time). Inside a compiled step (`torch.compile`) the check would stop the graph at every
-    projection, so there the product is returned as it is and the step's output is checked (`check_finite_step`):
-    an overflow anywhere in a step reaches it as inf or NaN."""
+    `isfinite().all()`'s time). `checked=False` skips that check: a compiled decoding step (`in_compiled_step`)
+    cannot stop for a host sync at every projection, and checks its output instead (`check_finite_step`), which an
+    overflow anywhere in the step reaches as inf or NaN."""
     result = F.linear(x.half(), weight16).float()
-    if not torch.compiler.is_compiling() and not math.isfinite(result.sum().item()):
+    if checked and not math.isfinite(result.sum().item()):
         return None
     return result if bias is None else result + bias
 
 
-def check_finite_step(values: torch.Tensor) -> None:
-    """Refuse a compiled decoding step's output that holds inf or NaN: one of its float16 products overflowed
-    (`float16_row_product` checks each product only outside compiled steps)."""
+def in_compiled_step(module: nn.Module) -> bool:
+    """Whether `module` runs inside a decoding step compiled by a model's `compile_decoding` (which sets its
+    `compiled_steps`). There its float16 products go unchecked and its kept copies are read without their staleness
+    check (a data pointer, which dynamo cannot trace): the eager step that starts every generation (a prefill, the
+    first acoustic frame) refreshes them. Any other compile of the module traces the eager code."""
+    return module.compiled_steps and torch.compiler.is_compiling()
+
+
+def allow_compiled_steps(module: nn.Module) -> None:
+    """Mark every projection inside `module` that keeps float16 copies as run by compiled decoding steps."""
+    for child in module.modules():
+        if hasattr(child, "compiled_steps"):
+            child.compiled_steps = True
+
+
+def check_finite_step(values: torch.Tensor, float16: bool) -> None:
+    """Refuse a compiled decoding step's output that holds inf or NaN (`float16`: the step multiplies in float16,
+    whose products it did not check one by one)."""
     if not bool(torch.isfinite(values).all()):
-        raise FloatingPointError(
-            "a compiled decoding step overflowed float16 (inf or NaN in its output): load the model with "
-            "float16_decoding=False, or speak without compile_decoding"
+        cause = (
+            "a float16 product overflowed: load the model with float16_decoding=False, or speak without "
+            "compile_decoding"
+            if float16
+            else "the model's weights or its input are not finite"
         )
+        raise FloatingPointError(f"a compiled decoding step gave inf or NaN: {cause}")
 
 
 def rounded_copies(weight: torch.Tensor) -> tuple:
@@ -64,6 +82,7 @@ class Float16StepLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._rounded = None  # (what it was made from, rounded weight, float16 copy); not state
+        self.compiled_steps = False  # `allow_compiled_steps`
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Float16StepLinear":
@@ -73,9 +92,9 @@ class Float16StepLinear(nn.Linear):
         return step
 
     def rounded_weights(self) -> tuple:
-        """The weight rounded to float16 precision (float32) and its float16 copy. A compiled step cannot trace the
-        staleness check (a data pointer) and takes the copies an eager step kept (`generate`'s first step is eager)."""
-        if torch.compiler.is_compiling():
+        """The weight rounded to float16 precision (float32) and its float16 copy (in a compiled decoding step, the
+        ones the eager step before it kept: `in_compiled_step`)."""
+        if in_compiled_step(self):
             return self._rounded[1:]
         weight = self._parameters["weight"]
         key = (weight.data_ptr(), weight._version)
@@ -91,7 +110,7 @@ class Float16StepLinear(nn.Linear):
             weight, bias = weight[rows], None if bias is None else bias[rows]
             half = None if half is None else half[rows]
         if half is not None and is_cpu_row(x):
-            result = float16_row_product(x, half, bias)
+            result = float16_row_product(x, half, bias, checked=not in_compiled_step(self))
             if result is not None:
                 return result
         return F.linear(x, weight, bias)

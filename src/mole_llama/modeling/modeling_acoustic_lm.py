@@ -35,7 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaModel, Llama
 from transformers.utils import ModelOutput
 
 from .configuration_acoustic_lm import AcousticLMConfig
-from .float16_steps import Float16StepLinear, check_finite_step, use_float16_steps
+from .float16_steps import Float16StepLinear, allow_compiled_steps, check_finite_step, use_float16_steps
 
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
@@ -547,8 +547,11 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         `dynamic=True`: the KV cache grows every frame). On a CPU the step is mostly the overhead of small ops,
         which the compiled graph fuses; the first generation pays the compile (inductor keeps it on disk for the
         next process). The first step of each generation (the voice prompt and the first frame) stays eager, and
-        training's `forward` is untouched."""
-        self._compiled_decoder_step = torch.compile(self._decoder_step, **{"dynamic": True, **compile_kwargs})
+        training's `forward` is untouched. The compiled function is the class's (called with the model), so a copy
+        of the model steps with its own weights."""
+        allow_compiled_steps(self)
+        step = type(self)._decoder_step
+        self._compiled_decoder_step = torch.compile(step, **{"dynamic": True, **compile_kwargs})
 
     def _decoder_step(self, inputs, attention_mask, position_ids, cache) -> torch.Tensor:
         """The decoder's state after `inputs` (the KV cache grows by them): `[b, hidden]` at the last input."""
@@ -560,8 +563,8 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`,
         and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
         if self._compiled_decoder_step is not None and cache.get_seq_length() > 0:
-            hidden = self._compiled_decoder_step(inputs, attention_mask, position_ids, cache)
-            check_finite_step(hidden)
+            hidden = self._compiled_decoder_step(self, inputs, attention_mask, position_ids, cache)
+            check_finite_step(hidden, float16=self.config.float16_decoding)
         else:  # eager: it also keeps the float16 copies fresh for the compiled steps (`Float16StepLinear`)
             hidden = self._decoder_step(inputs, attention_mask, position_ids, cache)
         lower = torch.zeros_like(hidden)

@@ -36,7 +36,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
-from .float16_steps import float16_row_product, is_cpu_row, rounded_copies
+from .float16_steps import float16_row_product, in_compiled_step, is_cpu_row, rounded_copies
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_mole_llama.MoLELlamaConfig",
@@ -123,6 +123,7 @@ class MoLELinear(nn.Linear):
         self.routing = NO_EXPERT
         self.cache_merged = cache_merged
         self.float16_decoding = float16_decoding
+        self.compiled_steps = False  # `float16_steps.allow_compiled_steps`
         # expert name -> (what it was computed from, W + s B A, its float16 copy or None); not state: rebuilt when stale
         self._merged = {}
 
@@ -148,7 +149,7 @@ class MoLELinear(nn.Linear):
         rounded = self.float16_decoding and weight.dtype == torch.float32
         if expert is None and not rounded:
             return weight
-        if torch.compiler.is_compiling():  # a data pointer cannot be traced: `generate`'s eager prefill kept it fresh
+        if in_compiled_step(self):  # `generate`'s eager prefill kept it fresh; a data pointer cannot be traced
             cached = self._merged[name]
             return cached[2] if float16 and cached[2] is not None else cached[1]
         key = (weight.data_ptr(), weight._version)
@@ -168,7 +169,8 @@ class MoLELinear(nn.Linear):
         if isinstance(routing, str) and merged:
             bias = self._parameters["bias"]
             if self.float16_decoding and is_cpu_row(x) and x.dtype == self._parameters["weight"].dtype == torch.float32:
-                result = float16_row_product(x, self.merged_weight(routing, float16=True), bias)  # see float16_steps
+                weight16 = self.merged_weight(routing, float16=True)  # see float16_steps
+                result = float16_row_product(x, weight16, bias, checked=not in_compiled_step(self))
                 if result is not None:
                     return result
             return F.linear(x, self.merged_weight(routing), bias)

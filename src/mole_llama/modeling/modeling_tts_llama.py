@@ -29,10 +29,10 @@ except ImportError:
     greenlet = None
 
 from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
-from .float16_steps import check_finite_step
+from .float16_steps import allow_compiled_steps, check_finite_step
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
-from .modeling_mole_llama import MoLELlamaForCausalLM
+from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
 from .speech_stream import PieceSpeechStream, hold_short_codes, warn_frames_cut
 from .speech_units import (
     SPEECH_END,
@@ -77,8 +77,8 @@ SPEECH_KEYS = ("speed", "duration_temperature", "acoustic_temperature", "acousti
                "acoustic_expected_decoding")  # fmt: skip
 COMPILED_CACHE_TOKENS = 256
 """The static KV cache a compiled LLM decodes into (`compile_decoding`): room for a piece's prompt (~50 tokens) and
-its units cap (`MAX_PIECE_WORDS` words: ~160), so pieces reuse one cache and one compiled graph per batch size;
-transformers grows it (and compiles again) only for a longer piece."""
+its units cap (`MAX_PIECE_WORDS` words: ~160), so pieces reuse one cache and its compiled graph; transformers grows
+it (and compiles again) only for a longer piece, and keeps the longer length for later calls."""
 PIPELINE_KEYS = ("return_dict_in_generate", "pad_token_id")
 """What the stock pipeline adds to every call: the output is always a dict, and one text is decoded at a time with the
 tokenizer's own pad token, so both are taken and need nothing."""
@@ -196,8 +196,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         `CompileConfig`) and the acoustic LM's (`AcousticLMForConditionalGeneration.compile_decoding`).
 
         On a CPU a decoding step of these small models is mostly the overhead of many small ops, which inductor
-        fuses (benchmarks/bench_tts.py measures it); the first speaking call pays the compiles (~45 s here; inductor
-        keeps them on disk, so the next process pays less), and each new batch size compiles the LLM's step again.
+        fuses (benchmarks/bench_tts.py measures it); the first speaking call pays the compiles (~20-50 s here;
+        inductor keeps them on disk, so the next process pays less), and a second batch size compiles the LLM's step
+        once more, for any batch size.
         Prefills and each generation's first acoustic frame stay eager. The compiled graphs round differently from
         eager steps, so they speak the same text a little differently (greedy units stay the same where no two
         scores nearly tie). Needs one fixed routing (a TTS-Llama, `config.routing`): a MoLE-Llama's router picks
@@ -208,6 +209,11 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                 "compile_decoding needs one fixed routing (a TTS-Llama: config.routing set); this model routes each "
                 "token by its routers, which a compiled step cannot follow: speak without compile_decoding"
             )
+        if getattr(self, INT8_ATTRIBUTE, False):
+            raise ValueError(
+                "compile_decoding needs float weights; this LLM is int8-quantized: compile the float model"
+            )
+        allow_compiled_steps(self)
         self.acoustic_lm.compile_decoding()
         self.decoding_compiled = True
         return self
@@ -241,6 +247,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
                  "semantic_tokenizer": semantic_tokenizer}  # fmt: skip
         for name, part in parts.items():
             setattr(self, name, None if part is None else part.to(device=self.device, dtype=self.dtype).eval())
+        if self.decoding_compiled:  # a new acoustic LM steps as the one it replaces
+            self.acoustic_lm.compile_decoding()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save the LLM (its weights only) with every entry point (causal LM and text-to-waveform), then the
@@ -507,13 +515,14 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         caps = [self.units_cap(text, **kwargs) for text in texts]
         llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
         llm_kwargs["max_new_tokens"] = max(caps)
+        speakable = self.speech_ids.speakable(self.device)
         processors = [SpeechUnitsLogitsProcessor(self.speech_ids)]
         if self.decoding_compiled:
-            compile_config = CompileConfig(dynamic=False, mode="default")
+            compile_config = CompileConfig(mode="default")  # dynamic=None: a second batch size makes it dynamic
             compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
             llm_kwargs.update(cache_implementation="static", max_cache_len=COMPILED_CACHE_TOKENS,
                               compile_config=compile_config)  # fmt: skip
-            processors.insert(0, _FiniteStepCheck(self.speech_ids.speakable(self.device)))
+            processors.insert(0, _FiniteStepCheck(speakable, float16=self.config.float16_decoding))
         generated = super().generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
@@ -521,7 +530,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
             streamer=streamer,
-            logits_vocabulary=self.speech_ids.speakable(self.device),  # the processor allows no other token
+            logits_vocabulary=speakable,  # the processor allows no other token
             **llm_kwargs,
         )
         return [row[:cap] for row, cap in zip(generated[:, input_ids.shape[1] :], caps)]
@@ -576,14 +585,14 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
 
 class _FiniteStepCheck(LogitsProcessor):
-    """A compiled LLM step's scores of the speakable tokens must be finite (`check_finite_step`); the other tokens
-    are -inf by design (`logits_vocabulary`)."""
+    """With compiled decoding, every step's scores of the speakable tokens (the eager prefill's too) must be finite
+    (`check_finite_step`); the other tokens are -inf by design (`logits_vocabulary`)."""
 
-    def __init__(self, vocabulary: torch.LongTensor):
-        self.vocabulary = vocabulary
+    def __init__(self, vocabulary: torch.LongTensor, float16: bool):
+        self.vocabulary, self.float16 = vocabulary, float16
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_finite_step(scores[:, self.vocabulary])
+        check_finite_step(scores[:, self.vocabulary], float16=self.float16)
         return scores
 
 
