@@ -228,9 +228,7 @@ class MoLERouter(nn.Module):
         self.proj_out.mole_init = "zeros"  # equal weights at first; applied by `_init_weights`
 
     def forward(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None" = None) -> torch.Tensor:
-        logits = self.logits(hidden_states)
-        if context is not None:
-            logits = context.running_mean(logits)
+        logits = self.context_logits(hidden_states, context)
         if self.hard and not self.training:  # the top expert of the logits is the softmax's: skip the softmax
             return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
         probabilities = (logits.float() / self.temperature).softmax(dim=-1)
@@ -245,13 +243,15 @@ class MoLERouter(nn.Module):
         """Each token's own expert logits, before any sequence context."""
         return self.proj_out(F.silu(self.proj_in(self.normalize(hidden_states))))
 
+    def context_logits(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None") -> torch.Tensor:
+        """The logits the routing reads: each token's own, or with a sequence context their running mean."""
+        logits = self.logits(hidden_states)
+        return logits if context is None else context.running_mean(logits)
+
     def hard_step_choice(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None") -> str:
         """Hard routing of one token of one sequence (a decoding step): the expert `forward`'s one-hot weights
         would pick (the first of tied logits, as theirs), without building them and taking their argmax again."""
-        logits = self.logits(hidden_states)
-        if context is not None:
-            logits = context.running_mean(logits)
-        return self.expert_names[int(logits.argmax())]
+        return self.expert_names[int(self.context_logits(hidden_states, context).argmax())]
 
     def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`self.norm` (Llama's RMSNorm: float32 statistics, then its weight in the input's dtype) as one fused op

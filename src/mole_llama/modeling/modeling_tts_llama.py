@@ -213,7 +213,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
             raise ValueError(
                 "compile_decoding needs float weights; this LLM is int8-quantized: compile the float model"
             )
-        allow_compiled_steps(self)
+        allow_compiled_steps(self.model)  # the LLM's projections; the acoustic LM marks its own
         self.acoustic_lm.compile_decoding()
         self.decoding_compiled = True
         return self
