@@ -2,8 +2,8 @@
 `--mole DIR`), over held-out fortune sentences:
 
 - real-time factor (compute seconds / audio seconds, median over sentences) per stage: LLM units, durations,
-  acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (float32 weights, one-token
-  steps and one-frame acoustic LM steps multiplied in float16: `float16_decoding`), with plain float32 steps in both,
+  acoustic LM, codec (vocoder), and the whole `speak` call, for the TTS-Llama as shipped (its LLM's and acoustic LM's
+  products by float16 weights: `float16_decoding`, `modeling/float16_weights.py`), with plain float32 weights in both,
   with its LLM in int8 (`conversion.int8.quantize_llm_int8`), and as shipped with compiled decoding steps
   (`compile_decoding`: torch.compile of the LLM's and the acoustic LM's steps; its compile time printed apart),
   with the unit error rate of each variant's units against the plain float32
@@ -111,7 +111,7 @@ def main():
     tts_int8 = quantize_llm_int8(pipeline("text-to-speech", model=tts_dir).model)
     tts_compiled = pipeline("text-to-speech", model=tts_dir, model_kwargs={"compile_decoding": True}).model
     mole = pipeline("text-to-speech", model=str(args.mole or embedded_model_path("mole-llama"))).model
-    variants = {"float32 steps": tts_float32, "shipped (float16 steps)": tts, "int8 LLM": tts_int8,
+    variants = {"float32 weights": tts_float32, "shipped (float16 weights)": tts, "int8 LLM": tts_int8,
                 "shipped, compiled decoding": tts_compiled}  # fmt: skip
     for name, model in variants.items():
         _, seconds = timed(model.speak, "Warm up.", seed=0)  # first-call costs (allocations, compiles) kept apart
@@ -135,7 +135,7 @@ def main():
     reference = [tts_float32.speech_units(text) for text in spoken]  # one text a call: the speaking path's steps
     for name, model in list(variants.items())[1:]:
         changed = unit_error_rate(reference, [model.speech_units(text) for text in spoken])
-        print(f"\nunit error rate of {name} greedy units against float32 steps': {changed:.3f}")
+        print(f"\nunit error rate of {name} greedy units against float32 weights': {changed:.3f}")
 
     print("\n| one-sentence text | first streamed chunk (s) | audio in it (s) | whole `speak` call (s) |")
     print("|---|---:|---:|---:|")
@@ -182,7 +182,7 @@ def main():
 
     per_token = round_robin_medians({
         "TTS-Llama": lambda: seconds_per_token(tts, prompt),
-        "TTS-Llama, float32 steps": lambda: seconds_per_token(tts_float32, prompt),
+        "TTS-Llama, float32 weights": lambda: seconds_per_token(tts_float32, prompt),
         "TTS-Llama, whole-vocabulary LM head": lambda: seconds_per_token(tts, prompt, full_head=True),
         "TTS-Llama, int8 LLM": lambda: seconds_per_token(tts_int8, prompt),
         "TTS-Llama, int8 LLM, whole-vocabulary LM head": lambda: seconds_per_token(tts_int8, prompt, full_head=True),

@@ -65,13 +65,13 @@ def test_it_speaks_held_out_sentences_that_whisper_understands(folder):
 
 
 def test_its_float16_decoding_says_what_float32_steps_say(folder):
-    """The assembled folder decodes one-token steps with float16 weights (`float16_decoding`, ~1.9x faster here):
-    its greedy units measured identical to float32 steps' on 40 held-out sentences; the bound leaves room for other
-    machines' arithmetic."""
+    """The assembled folder decodes with float16 weights (`float16_decoding`, ~1.9x faster a token here): its greedy
+    units measured identical to float32 weights' on 40 held-out sentences; the bound leaves room for other machines'
+    arithmetic."""
     shipped = pipeline("text-to-speech", model=str(folder)).model
     plain = pipeline("text-to-speech", model=str(folder), model_kwargs={"float16_decoding": False}).model
     assert shipped.config.float16_decoding and not plain.config.float16_decoding
-    assert shipped.acoustic_lm.config.float16_decoding  # its frames too (modeling/float16_steps.py)
+    assert shipped.acoustic_lm.config.float16_decoding  # its frames too (modeling/float16_weights.py)
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:3]
     units = [shipped.speech_units(text) for text in sentences]
     assert unit_error_rate([plain.speech_units(text) for text in sentences], units) <= 0.05

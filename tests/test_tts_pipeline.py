@@ -397,10 +397,18 @@ def test_speech_marker_strings_in_the_text_are_refused_not_dropped(tts_dir, monk
             speaker.model.generate(speaker.tokenizer(text, return_tensors="pt").input_ids)
 
 
-def test_a_batch_speaks_as_each_text_alone(tts_dir):
+@pytest.mark.parametrize("float16", [False, True])
+def test_a_batch_speaks_as_each_text_alone(tts_dir, float16):
     """Batched pieces (left-padded LLM generation, one acoustic LM pass) give what each text gets alone, with
-    greedy units and each piece sampling from its own seed."""
-    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    greedy units and each piece sampling from its own seed; with float16 weights too (a row's products do not
+    depend on the batch's other rows)."""
+    kwargs = {"merged_expert_cache": True, "float16_decoding": True} if float16 else {}
+    model = pipeline("text-to-speech", model=str(tts_dir), model_kwargs=kwargs).model
+    assert model.config.float16_decoding == float16
+    if float16:
+        model.acoustic_lm = AcousticLMForConditionalGeneration.from_pretrained(
+            tts_dir / "acoustic_lm", float16_decoding=True
+        ).eval()
     texts = ["Hello there.", "A somewhat longer sentence to read aloud. And one more.", "Yes!"]
     batched = model.speak_texts(texts, seed=7, batch_size=4)
     alone = [model.speak_texts([text], seed=7, batch_size=1)[0] for text in texts]

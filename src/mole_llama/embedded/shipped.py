@@ -49,10 +49,11 @@ def _check_name(name: str) -> Path:
     return folder
 
 
-ASSEMBLY_VERSION = 6
+ASSEMBLY_VERSION = 7
 """Raised when `_assemble` builds the folder differently (2: the merged-expert cache on; 3: float16 decoding on;
 4: expected-vector acoustic decoding on; 5: the acoustic LM's float16 decoding on; 6: its remote code has
-`compile_decoding`), so caches rebuild."""
+`compile_decoding`; 7: its remote code multiplies by float16 weights through FBGEMM, `float16_weights.py`), so
+caches rebuild."""
 
 
 def _digest(*folders: Path) -> str:

@@ -66,12 +66,10 @@ class AcousticLMConfig(PreTrainedConfig):
         hidden_act (`str`, *optional*, defaults to `"silu"`):
             Activation of the decoder's and heads' MLPs.
         float16_decoding (`bool`, *optional*, defaults to `False`):
-            In inference on float32 weights, the decoder's and heads' weights are rounded to float16 precision and a
-            step of one item multiplies by their float16 copies (PyTorch's CPU matrix-vector kernel for float16 reads
-            half the bytes and accumulates in float32); a batch multiplies by the same rounded numbers in float32.
-            Training is unchanged. The shipped acoustic LM made 151 frames in 0.60 s against 0.83 on 2 CPU cores.
-            An item alone (or streamed) and the same item in a batch then differ by the rounding of its inputs to
-            float16, enough to turn a sampled code now and then.
+            In inference on float32 weights, the decoder's and heads' products use their weights rounded to float16
+            precision: on a CPU through FBGEMM's float16-weight GEMM (half the bytes read; the rows and the sums stay
+            float32; `float16_weights.py`), elsewhere in float32. Training is unchanged. Each row's product does not
+            depend on the others, so an item alone (or streamed) and in a batch get the same numbers.
     """
 
     model_type = "acoustic_lm"

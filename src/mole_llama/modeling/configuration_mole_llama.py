@@ -124,12 +124,12 @@ class MoLELlamaConfig(LlamaConfig):
             first use and kept, instead of `W x + s B A x`: base speed, at the memory of one more copy of the
             targeted weights per expert used.
         float16_decoding (`bool`, *optional*, defaults to `False`):
-            With `merged_expert_cache`, on float32 weights: the kept weight is rounded to float16 precision, and a
-            step of one token of one sequence multiplies by its float16 copy (PyTorch's CPU matrix-vector kernel
-            for float16 accumulates in float32 and reads half the bytes); every other call multiplies by the same
-            rounded numbers in float32, so a batch differs from one text alone only by the step's input rounded to
-            float16. Memory-bound CPU decoding of SmolLM2-135M ran ~1.9x faster per token here, with the same
-            greedy units on 40 held-out sentences, alone and in batches (benchmarks/bench_tts.py).
+            With `merged_expert_cache`, on float32 weights: the kept weight is rounded to float16 precision, and on a
+            CPU every call multiplies by it through FBGEMM's float16-weight GEMM (half the bytes read; rows and sums
+            stay float32, so nothing can overflow float16; `float16_weights.py`), elsewhere in float32. Each row's
+            product does not depend on the others: a text says the same alone and in a batch. Memory-bound CPU
+            decoding of SmolLM2-135M ran ~1.9x faster per token here, with the same greedy units
+            (benchmarks/bench_tts.py).
         routing (`str`, *optional*):
             `None` uses the learned router; an expert name forces that expert for every token; `"base"` turns all
             experts off. Changed at run time with `set_routing`, and saved with the model.

@@ -35,7 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaModel, Llama
 from transformers.utils import ModelOutput
 
 from .configuration_acoustic_lm import AcousticLMConfig
-from .float16_steps import Float16StepLinear, allow_compiled_steps, check_finite_step, use_float16_steps
+from .float16_weights import Float16WeightLinear, allow_compiled_steps, use_float16_weights
 
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
@@ -199,9 +199,9 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         self.out_norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(hidden, num_codebooks * codebook_size, bias=False)
         if config.float16_decoding:  # the parts that run once per generated frame
-            use_float16_steps(self.model)
-            use_float16_steps(self.head_mlp)
-            self.lm_head = Float16StepLinear.from_linear(self.lm_head)
+            use_float16_weights(self.model)
+            use_float16_weights(self.head_mlp)
+            self.lm_head = Float16WeightLinear.from_linear(self.lm_head)
         self._compiled_decoder_step = None  # `compile_decoding`
         self.post_init()
 
@@ -342,7 +342,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
         Each block's window then has the same frames, and so the same shape, whether the units came all at once
         (`generate`) or a few at a time (`stream`): PyTorch's convolutions and matrix products round differently for
-        different lengths, and a float16 decoding step can turn such a last-bit difference into another draw."""
+        different lengths, and a sampled step can turn such a last-bit difference into another draw."""
         radius, size = self.unit_context_lookahead, CONDITIONING_BLOCK_FRAMES
         blocks = []
         for block in range(start, stop, size):
@@ -394,7 +394,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         state = hidden + self.level_embed.weight[codebook] + lower
         state = state + self.head_mlp(self.head_norm(state))
         rows = slice(codebook * self.config.codebook_size, (codebook + 1) * self.config.codebook_size)
-        if isinstance(self.lm_head, Float16StepLinear):
+        if isinstance(self.lm_head, Float16WeightLinear):
             return self.lm_head(self.out_norm(state), rows=rows)
         return F.linear(self.out_norm(state), self.lm_head.weight[rows])
 
@@ -564,8 +564,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
         if self._compiled_decoder_step is not None and cache.get_seq_length() > 0:
             hidden = self._compiled_decoder_step(self, inputs, attention_mask, position_ids, cache)
-            check_finite_step(hidden, float16=self.config.float16_decoding)
-        else:  # eager: it also keeps the float16 copies fresh for the compiled steps (`Float16StepLinear`)
+        else:  # eager: it also keeps the float16 weights fresh for the compiled steps (`Float16WeightLinear`)
             hidden = self._decoder_step(inputs, attention_mask, position_ids, cache)
         lower = torch.zeros_like(hidden)
         codes, probabilities = [], []
@@ -608,8 +607,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
         Each item gets exactly `ceil(len(units) * frame_rate / unit_rate)` frames (at most `max_frames`), so the
         length follows the units and never runs on. Items of a padded batch (or a list of different lengths)
-        come out as they would alone (with `float16_decoding`, alone they step in float16 and in a batch in
-        float32: a sampled code can then differ); their frames past the end hold `PAD_CODE` (-100).
+        come out as they would alone; their frames past the end hold `PAD_CODE` (-100).
 
         Args:
             semantic_units: `[batch, units]` LongTensor (with `semantic_units_mask` for padding), a list of

@@ -36,7 +36,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
-from .float16_steps import float16_row_product, in_compiled_step, is_cpu_row, rounded_copies
+from .float16_weights import Float16Weight, in_compiled_step
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_mole_llama.MoLELlamaConfig",
@@ -123,8 +123,8 @@ class MoLELinear(nn.Linear):
         self.routing = NO_EXPERT
         self.cache_merged = cache_merged
         self.float16_decoding = float16_decoding
-        self.compiled_steps = False  # `float16_steps.allow_compiled_steps`
-        # expert name -> (what it was computed from, W + s B A, its float16 copy or None); not state: rebuilt when stale
+        self.compiled_steps = False  # `float16_weights.allow_compiled_steps`
+        # expert name -> (what it was computed from, W + s B A or its Float16Weight); not state: rebuilt when stale
         self._merged = {}
 
     def expert_update(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -135,45 +135,38 @@ class MoLELinear(nn.Linear):
         """Expert `name` as a weight update, `s B A`, in float32 (PEFT's `get_delta_weight`)."""
         return self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float())
 
-    def merged_weight(self, name: str, float16: bool = False) -> torch.Tensor:
-        """`W + s B A` of expert `name` (`W` for `"base"` or an expert this projection lacks), computed on first use
-        and kept until the weight or the expert changes: an in-place change bumps a tensor's version, a move to
-        another device or dtype gives the weight new storage. With `float16_decoding` (float32 weights), the kept
-        weight is rounded to float16 precision and its float16 copy kept too (`float16=True` returns it), so a
-        one-token step and a batch multiply by the same numbers.
+    def merged_weight(self, name: str) -> "torch.Tensor | Float16Weight":
+        """What a call routed to expert `name` multiplies by: `W + s B A` (`W` for `"base"` or an expert this
+        projection lacks), computed on first use and kept until the weight or the expert changes (an in-place change
+        bumps a tensor's version, a move to another device or dtype gives the weight new storage). With
+        `float16_decoding` on float32 weights it is kept rounded to float16 precision, as a `Float16Weight`.
 
         Called for every projection of every decoding step (210 per SmolLM2 token), so the parameters are read from
         the modules' own dicts: through `nn.ParameterDict` items and `Module.__getattr__` it took 6.4 us, now 2.5."""
         weight = self._parameters["weight"]
         expert = self.lora_A._parameters.get(name)
-        rounded = self.float16_decoding and weight.dtype == torch.float32
-        if expert is None and not rounded:
+        float16 = self.float16_decoding and weight.dtype == torch.float32
+        if expert is None and not float16:
             return weight
         if in_compiled_step(self):  # `generate`'s eager prefill kept it fresh; a data pointer cannot be traced
-            cached = self._merged[name]
-            return cached[2] if float16 and cached[2] is not None else cached[1]
+            return self._merged[name][1]
         key = (weight.data_ptr(), weight._version)
         if expert is not None:
             key += (expert._version, self.lora_B._parameters[name]._version)
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
             merged = weight.float() + self.delta_weight(name) if expert is not None else weight.float()
-            merged = merged.to(weight.dtype)
-            cached = (key, *rounded_copies(merged)) if rounded else (key, merged, None)
-            self._merged[name] = cached
-        return cached[2] if float16 and cached[2] is not None else cached[1]
+            cached = self._merged[name] = (key, Float16Weight(merged) if float16 else merged.to(weight.dtype))
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.routing
         merged = self.cache_merged and not torch.is_grad_enabled() and not (self.training and self.has_dropout)
         if isinstance(routing, str) and merged:
-            bias = self._parameters["bias"]
-            if self.float16_decoding and is_cpu_row(x) and x.dtype == self._parameters["weight"].dtype == torch.float32:
-                weight16 = self.merged_weight(routing, float16=True)  # see float16_steps
-                result = float16_row_product(x, weight16, bias, checked=not in_compiled_step(self))
-                if result is not None:
-                    return result
-            return F.linear(x, self.merged_weight(routing), bias)
+            weight = self.merged_weight(routing)
+            if isinstance(weight, Float16Weight):
+                return weight.linear(x, self._parameters["bias"])
+            return F.linear(x, weight, self._parameters["bias"])
         if isinstance(routing, str) and routing not in self.lora_A:
             return F.linear(x, self.weight, self.bias)
         result = F.linear(x, self.weight, self.bias)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers import AutoTokenizer, CompileConfig, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 try:  # streaming's own need; in a try block, which transformers' remote-code import check skips
@@ -29,7 +29,7 @@ except ImportError:
     greenlet = None
 
 from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
-from .float16_steps import allow_compiled_steps, check_finite_step
+from .float16_weights import allow_compiled_steps
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
@@ -169,8 +169,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     spoken in batches (left-padded LLM generation, then one acoustic LM pass per batch), and `voice` (a waveform
     at the codec's rate, `(waveform, rate)` or a file path) conditions the acoustic LM on a reference speaker.
     Each piece samples from its own seed (`seed` + its index in its text), so a text comes out the same alone, in
-    a batch, or streamed (to the rounding of float16 steps where `float16_decoding` is on: a piece alone steps in
-    float16, a batch of pieces in float32).
+    a batch, or streamed.
     """
 
     def __init__(self, config):
@@ -383,10 +382,9 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def stream(self, text: str, voice=None, seed=None, **kwargs):
         """Speak `text`, yielding its audio in chunks (1-D float tensors) as soon as they are final: within a piece
         a few units after the LLM says them (`PieceSpeechStream`), and a pause between pieces. Joined, the chunks
-        equal `generate`'s audio for the same seed (a text of several pieces to the rounding of float16 steps,
-        where the acoustic LM's `float16_decoding` is on: `generate` speaks its pieces as a batch, a stream one by
-        one). The LLM runs in a greenlet on this thread that also makes the audio, so the work is the same as
-        `speak`'s, only ordered for an early start; read the stream on this thread."""
+        equal `generate`'s audio for the same seed. The LLM runs in a greenlet on this thread that also makes the
+        audio, so the work is the same as `speak`'s, only ordered for an early start; read the stream on this
+        thread."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
         first_seed = piece_seed_base(seed, reseed_llm=True)
@@ -516,17 +514,15 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
         llm_kwargs["max_new_tokens"] = max(caps)
         speakable = self.speech_ids.speakable(self.device)
-        processors = [SpeechUnitsLogitsProcessor(self.speech_ids)]
         if self.decoding_compiled:
             compile_config = CompileConfig(mode="default")  # dynamic=None: a second batch size makes it dynamic
             compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
             llm_kwargs.update(cache_implementation="static", max_cache_len=COMPILED_CACHE_TOKENS,
                               compile_config=compile_config)  # fmt: skip
-            processors.insert(0, _FiniteStepCheck(speakable, float16=self.config.float16_decoding))
         generated = super().generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            logits_processor=LogitsProcessorList(processors),
+            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(self.speech_ids)]),
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
             streamer=streamer,
@@ -582,18 +578,6 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
         decode = self.codec.decode_expected if expected else self.codec.decode
         return decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
-
-
-class _FiniteStepCheck(LogitsProcessor):
-    """With compiled decoding, every step's scores of the speakable tokens (the eager prefill's too) must be finite
-    (`check_finite_step`); the other tokens are -inf by design (`logits_vocabulary`)."""
-
-    def __init__(self, vocabulary: torch.LongTensor, float16: bool):
-        self.vocabulary, self.float16 = vocabulary, float16
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_finite_step(scores[:, self.vocabulary], float16=self.float16)
-        return scores
 
 
 class _UnitStreamer(BaseStreamer):
