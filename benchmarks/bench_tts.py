@@ -11,7 +11,7 @@
 - time to the first streamed chunk of a one-sentence text (median over the sentences, each variant), beside the
   whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio), eager and
-  compiled;
+  with compiled decoding (whose batch decodes eagerly, its single calls compiled);
 - MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
   and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with the LM
   head over the whole vocabulary (before speaking scored the speech tokens alone).
@@ -147,8 +147,6 @@ def main():
     one = sentences[0]
 
     batch = sentences[: args.batch]
-    _, seconds = timed(tts_compiled.speak_texts, batch, seed=0, batch_size=args.batch)  # a second batch size compiles
-    print(f"first batched call of the compiled model (its LLM's step compiles for any batch size): {seconds:.1f} s")
     for name, model in (("eager", tts), ("compiled decoding", tts_compiled)):
         calls = round_robin_medians({
             "batched": lambda: timed(model.speak_texts, batch, seed=0, batch_size=args.batch)[1],

@@ -1,5 +1,6 @@
 """Float16-weight products (`modeling/float16_weights.py`) and the acoustic LM's `float16_decoding`."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_acoustic_lm import TINY, random_codes, random_units
@@ -11,6 +12,7 @@ from mole_llama.modeling.float16_weights import (
     Float16Weight,
     Float16WeightLinear,
     allow_compiled_steps,
+    check_finite_step,
     use_float16_weights,
 )
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
@@ -110,22 +112,31 @@ def test_acoustic_lm_float16_decoding_loads_the_same_weights_and_an_item_decodes
 
 
 @torch.no_grad()
-def test_a_compiled_decoding_step_reads_the_float16_weight_the_eager_step_kept():
-    """Marked for compiled decoding (`allow_compiled_steps`), a compiled step skips the kept weight's staleness check
-    (a data pointer, which dynamo cannot trace): it reads what the eager step before it made. Unmarked, a compiled
-    module traces the eager code and follows the weight by itself."""
+def test_a_compiled_decoding_step_multiplies_a_row_by_the_float16_copy_the_eager_step_kept():
+    """Marked for compiled decoding (`allow_compiled_steps`), a projection also keeps a plain float16 copy (FBGEMM's
+    packed weight is opaque to a graph); a compiled step multiplies one row by it, the row rounded to float16 too,
+    without the staleness check (a data pointer, which dynamo cannot trace) or an overflow check: the step's output
+    is checked instead. Unmarked, a compiled module traces the eager code and follows the weight by itself."""
     _, step = weight_linear(bias=False)
     row = torch.randn(1, 24)
     unmarked = torch.compile(step, dynamic=False)
     eager = step(row)
-    assert torch.equal(unmarked(row), eager)
+    assert torch.equal(unmarked(row), eager) and step.float16_weight().half is None
     step.weight.mul_(2)
     torch.testing.assert_close(unmarked(row), 2 * eager)  # no eager call in between
     step.weight.div_(2)
-    eager = step(row)
     allow_compiled_steps(step)
+    eager = step(row)  # FBGEMM's product; it keeps the float16 copy too
+    assert step.float16_weight().half is not None
     compiled = torch.compile(step, dynamic=False)
-    assert torch.equal(compiled(row), eager)
+    torch.testing.assert_close(compiled(row), F.linear(row.half(), step.weight.half()).float())
+    torch.testing.assert_close(compiled(row), eager, atol=1e-2, rtol=1e-2)
     step.weight.mul_(2)  # in place: the compiled step follows once an eager step has refreshed the kept weight
-    assert torch.equal(step(row), compiled(row))
-    torch.testing.assert_close(compiled(row), 2 * eager)
+    torch.testing.assert_close(step(row), 2 * eager)
+    torch.testing.assert_close(compiled(row), 2 * eager, atol=2e-2, rtol=1e-2)
+    step.weight.fill_(1.0)
+    big = torch.full((1, 24), 5e4)  # each product 1.2e6, past float16's 6.5e4
+    torch.testing.assert_close(step(big), torch.full((1, 10), 1.2e6))  # eagerly the row stays float32
+    check_finite_step(compiled(row))
+    with pytest.raises(FloatingPointError, match="without compile_decoding"):
+        check_finite_step(compiled(big))

@@ -458,16 +458,22 @@ def test_spoken_answers_need_a_learned_router(tts_dir, tmp_path):
 
 
 @torch.no_grad()
-def test_compiled_decoding_says_what_eager_steps_say_alone_batched_and_streamed(tts_dir):
+@pytest.mark.parametrize("float16", [False, True])
+def test_compiled_decoding_says_what_eager_steps_say_alone_batched_and_streamed(tts_dir, float16):
     """`compile_decoding` takes transformers' compiled route for the LLM's steps (a static cache and a
-    `CompileConfig`) and compiles the acoustic LM's: the greedy units of eager steps, alone and in a batch, and a
-    stream that joins into `speak`'s audio."""
-    eager = pipeline("text-to-speech", model=str(tts_dir)).model
-    model = pipeline("text-to-speech", model=str(tts_dir), model_kwargs={"compile_decoding": True}).model
+    `CompileConfig`) and compiles the acoustic LM's, for one piece at a time (with float16 weights, its rows
+    multiply by plain float16 copies, FBGEMM's packed ones being opaque to a graph); a batch decodes eagerly. The
+    greedy units of eager steps, alone and in a batch, and a stream that joins into `speak`'s audio."""
+    kwargs = {"merged_expert_cache": True, "float16_decoding": True} if float16 else {}
+    eager = pipeline("text-to-speech", model=str(tts_dir), model_kwargs=kwargs).model
+    model = pipeline("text-to-speech", model=str(tts_dir), model_kwargs={**kwargs, "compile_decoding": True}).model
     texts = ["Hello there.", "A longer sentence to say."]
-    assert model.speech_units_batch(texts) == eager.speech_units_batch(texts)
-    assert hasattr(model, "_compiled_call")  # transformers compiled the LLM's decoding step
     assert [model.speech_units(text) for text in texts] == [eager.speech_units(text) for text in texts]
+    assert hasattr(model, "_compiled_call")  # transformers compiled the LLM's decoding step
+    if float16:
+        kept = model.model.layers[0].self_attn.q_proj.merged_weight("speech")
+        assert kept.packed is not None and kept.half is not None  # FBGEMM's for eager products, a copy for graphs
+    assert model.speech_units_batch(texts) == eager.speech_units_batch(texts)
     drawn = {"acoustic_expected_decoding": False}
     assert torch.equal(torch.cat(list(model.stream(texts[1], seed=3, **drawn))), model.speak(texts[1], seed=3, **drawn))
 

@@ -12,6 +12,11 @@ overflow float16 (SmolLM2's "massive activations" reach 3.4e4, near float16's 6.
 Off the CPU, or in a PyTorch build without FBGEMM (not x86), the product is float32 by the weight rounded to float16
 precision: the same numbers, to float rounding.
 
+A compiled graph cannot hold FBGEMM's packed weight (an opaque object: dynamo breaks the graph there), so compiled
+decoding steps (`compile_decoding`, one row at a time) multiply by a plain float16 copy with PyTorch's float16
+matrix-vector kernel instead, their row rounded to float16 too (as fast for one row); such a product is unchecked,
+and the step's output is checked (`check_finite_step`).
+
 This file is copied into saved model folders for `trust_remote_code=True`: it imports nothing from `mole_llama`.
 """
 
@@ -25,14 +30,17 @@ FBGEMM_AVAILABLE = "fbgemm" in torch.backends.quantized.supported_engines  # x86
 
 class Float16Weight:
     """A weight rounded to float16 precision, kept as its products need it: FBGEMM's packed copy for a weight on the
-    CPU, else float32 values. Entries past float16's range saturate at +-65504, as FBGEMM packs them."""
+    CPU, else float32 values; with `for_compiled_steps`, also a plain float16 copy. Entries past float16's range
+    saturate at +-65504, as FBGEMM packs them."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, for_compiled_steps: bool = False):
         weight = weight.detach().float()
+        half = weight.clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
         if weight.device.type == "cpu" and FBGEMM_AVAILABLE:
             self.packed, self.rounded = torch.ops.quantized.linear_prepack_fp16(weight.contiguous(), None), None
         else:
-            self.packed, self.rounded = None, weight.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().float()
+            self.packed, self.rounded = None, half.float()
+        self.half = half if for_compiled_steps else None
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`x @ weight.T (+ bias)` for float32 `x` on the weight's device."""
@@ -40,6 +48,20 @@ class Float16Weight:
             return F.linear(x, self.rounded, bias)
         result = torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), self.packed)
         return result if bias is None else result + bias
+
+    def compiled_row_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`linear` of one row inside a compiled decoding step: by the float16 copy, the row rounded to float16,
+        unchecked (an overflow reaches the step's output as inf or NaN)."""
+        result = F.linear(x.half(), self.half).float()
+        return result if bias is None else result + bias
+
+
+def float16_product(module: nn.Module, kept: Float16Weight, x: torch.Tensor, bias=None) -> torch.Tensor:
+    """The product of `module`, a projection keeping float16 weights: in its compiled decoding steps a single row
+    goes through the plain float16 copy, anything else through FBGEMM (`Float16Weight.linear`)."""
+    if in_compiled_step(module) and kept.half is not None and x.numel() == x.shape[-1]:
+        return kept.compiled_row_linear(x, bias)
+    return kept.linear(x, bias)
 
 
 def in_compiled_step(module: nn.Module) -> bool:
@@ -51,10 +73,22 @@ def in_compiled_step(module: nn.Module) -> bool:
 
 
 def allow_compiled_steps(module: nn.Module) -> None:
-    """Mark every projection inside `module` that keeps float16 weights as run by compiled decoding steps."""
+    """Mark every projection inside `module` that keeps float16 weights as run by compiled decoding steps; their
+    kept weights are made again, with the plain float16 copies those steps multiply by."""
     for child in module.modules():
         if hasattr(child, "compiled_steps"):
             child.compiled_steps = True
+            child.forget_float16_weights()
+
+
+def check_finite_step(values: torch.Tensor) -> None:
+    """Refuse a compiled decoding step's output that holds inf or NaN: its float16 products were not checked one by
+    one (`Float16Weight.compiled_row_linear`)."""
+    if not bool(torch.isfinite(values).all()):
+        raise FloatingPointError(
+            "a compiled decoding step gave inf or NaN (a float16 product overflowed, or the weights are not finite): "
+            "speak without compile_decoding, or load the model with float16_decoding=False"
+        )
 
 
 class Float16WeightLinear(nn.Linear):
@@ -67,8 +101,8 @@ class Float16WeightLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._float16 = (None, {})  # (what they were made from, rows slice bounds -> Float16Weight); not state
         self.compiled_steps = False  # `allow_compiled_steps`
+        self.forget_float16_weights()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Float16WeightLinear":
@@ -76,6 +110,9 @@ class Float16WeightLinear(nn.Linear):
         step = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         step.weight, step.bias = linear.weight, linear.bias
         return step
+
+    def forget_float16_weights(self) -> None:
+        self._float16 = (None, {})  # (what they were made from, rows slice bounds -> Float16Weight); not state
 
     def float16_weight(self, rows: slice | None = None) -> Float16Weight:
         """The weight (or its `rows`) rounded to float16 precision; in a compiled decoding step, the one the eager step
@@ -89,7 +126,7 @@ class Float16WeightLinear(nn.Linear):
             self._float16 = (key, {})
         kept = self._float16[1]
         if bounds not in kept:
-            kept[bounds] = Float16Weight(weight if rows is None else weight[rows])
+            kept[bounds] = Float16Weight(weight if rows is None else weight[rows], self.compiled_steps)
         return kept[bounds]
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
@@ -97,7 +134,7 @@ class Float16WeightLinear(nn.Linear):
         if rows is not None and bias is not None:
             bias = bias[rows]
         if not torch.is_grad_enabled() and weight.dtype == x.dtype == torch.float32:
-            return self.float16_weight(rows).linear(x, bias)
+            return float16_product(self, self.float16_weight(rows), x, bias)
         return F.linear(x, weight if rows is None else weight[rows], bias)
 
 

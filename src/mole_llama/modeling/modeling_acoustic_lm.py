@@ -35,7 +35,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaModel, Llama
 from transformers.utils import ModelOutput
 
 from .configuration_acoustic_lm import AcousticLMConfig
-from .float16_weights import Float16WeightLinear, allow_compiled_steps, use_float16_weights
+from .float16_weights import Float16WeightLinear, allow_compiled_steps, check_finite_step, use_float16_weights
 
 PAD_CODE = -100
 """Fills frames past an item's end in padded code tensors; also the ignore index of the loss (as in `labels`)."""
@@ -546,10 +546,11 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         """Compile the decoder's one-frame step with `torch.compile` (inductor; `compile_kwargs` go to it, default
         `dynamic=True`: the KV cache grows every frame). On a CPU the step is mostly the overhead of small ops,
         which the compiled graph fuses; the first generation pays the compile (inductor keeps it on disk for the
-        next process). The first step of each generation (the voice prompt and the first frame) stays eager, and
-        training's `forward` is untouched. The compiled function is the class's (called with the model), so a copy
-        of the model steps with its own weights."""
-        allow_compiled_steps(self)
+        next process). The first step of each generation (the voice prompt and the first frame) and the steps of a
+        batch of several items stay eager (a batch's float16 products are FBGEMM's, which a graph cannot hold:
+        `float16_weights.py`), and training's `forward` is untouched. The compiled function is the class's (called
+        with the model), so a copy of the model steps with its own weights."""
+        allow_compiled_steps(self.model)
         step = type(self)._decoder_step
         self._compiled_decoder_step = torch.compile(step, **{"dynamic": True, **compile_kwargs})
 
@@ -562,8 +563,9 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
     def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose, with_probabilities: bool = False):
         """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`,
         and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
-        if self._compiled_decoder_step is not None and cache.get_seq_length() > 0:
+        if self._compiled_decoder_step is not None and cache.get_seq_length() > 0 and inputs.shape[0] == 1:
             hidden = self._compiled_decoder_step(self, inputs, attention_mask, position_ids, cache)
+            check_finite_step(hidden)
         else:  # eager: it also keeps the float16 weights fresh for the compiled steps (`Float16WeightLinear`)
             hidden = self._decoder_step(inputs, attention_mask, position_ids, cache)
         lower = torch.zeros_like(hidden)

@@ -36,7 +36,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mole_llama import NO_EXPERT, MoLELlamaConfig
-from .float16_weights import Float16Weight, in_compiled_step
+from .float16_weights import Float16Weight, float16_product, in_compiled_step
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_mole_llama.MoLELlamaConfig",
@@ -124,6 +124,9 @@ class MoLELinear(nn.Linear):
         self.cache_merged = cache_merged
         self.float16_decoding = float16_decoding
         self.compiled_steps = False  # `float16_weights.allow_compiled_steps`
+        self.forget_float16_weights()
+
+    def forget_float16_weights(self) -> None:
         # expert name -> (what it was computed from, W + s B A or its Float16Weight); not state: rebuilt when stale
         self._merged = {}
 
@@ -156,7 +159,8 @@ class MoLELinear(nn.Linear):
         cached = self._merged.get(name)
         if cached is None or cached[0] != key:
             merged = weight.float() + self.delta_weight(name) if expert is not None else weight.float()
-            cached = self._merged[name] = (key, Float16Weight(merged) if float16 else merged.to(weight.dtype))
+            kept = Float16Weight(merged, self.compiled_steps) if float16 else merged.to(weight.dtype)
+            cached = self._merged[name] = (key, kept)
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +169,7 @@ class MoLELinear(nn.Linear):
         if isinstance(routing, str) and merged:
             weight = self.merged_weight(routing)
             if isinstance(weight, Float16Weight):
-                return weight.linear(x, self._parameters["bias"])
+                return float16_product(self, weight, x, self._parameters["bias"])
             return F.linear(x, weight, self._parameters["bias"])
         if isinstance(routing, str) and routing not in self.lora_A:
             return F.linear(x, self.weight, self.bias)

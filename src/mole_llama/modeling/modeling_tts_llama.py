@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CompileConfig, LogitsProcessorList
+from transformers import AutoTokenizer, CompileConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 try:  # streaming's own need; in a try block, which transformers' remote-code import check skips
@@ -29,7 +29,7 @@ except ImportError:
     greenlet = None
 
 from .acoustic_codec import decodes_expected_vectors, load_acoustic_codec
-from .float16_weights import allow_compiled_steps
+from .float16_weights import allow_compiled_steps, check_finite_step
 from .modeling_acoustic_lm import AcousticLMForConditionalGeneration
 from .modeling_duration_predictor import DurationPredictorModel
 from .modeling_mole_llama import INT8_ATTRIBUTE, MoLELlamaForCausalLM
@@ -196,12 +196,13 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
 
         On a CPU a decoding step of these small models is mostly the overhead of many small ops, which inductor
         fuses (benchmarks/bench_tts.py measures it); the first speaking call pays the compiles (~20-50 s here;
-        inductor keeps them on disk, so the next process pays less), and a second batch size compiles the LLM's step
-        once more, for any batch size.
-        Prefills and each generation's first acoustic frame stay eager. The compiled graphs round differently from
-        eager steps, so they speak the same text a little differently (greedy units stay the same where no two
-        scores nearly tie). Needs one fixed routing (a TTS-Llama, `config.routing`): a MoLE-Llama's router picks
-        each token's expert on the host, which a compiled graph cannot follow."""
+        inductor keeps them on disk, so the next process pays less). The compiled steps speak one piece at a time
+        (a one-sentence text, a stream); a batch of pieces decodes eagerly, its float16 products FBGEMM's, which a
+        graph cannot hold (`float16_weights.py`). Prefills and each generation's first acoustic frame stay eager.
+        The compiled graphs round differently from eager steps, so they speak the same text a little differently
+        (greedy units stay the same where no two scores nearly tie). Needs one fixed routing (a TTS-Llama,
+        `config.routing`): a MoLE-Llama's router picks each token's expert on the host, which a compiled graph
+        cannot follow."""
         self._check_loaded()
         if any(layer.routing is None for layer in self.model.layers):
             raise ValueError(
@@ -514,15 +515,17 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         llm_kwargs = {key: kwargs[key] for key in LLM_GENERATE_KEYS if key in kwargs}
         llm_kwargs["max_new_tokens"] = max(caps)
         speakable = self.speech_ids.speakable(self.device)
-        if self.decoding_compiled:
+        processors = [SpeechUnitsLogitsProcessor(self.speech_ids)]
+        if self.decoding_compiled and len(texts) == 1:  # a batch's FBGEMM products cannot be in a graph
             compile_config = CompileConfig(mode="default")  # dynamic=None: a second batch size makes it dynamic
             compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
             llm_kwargs.update(cache_implementation="static", max_cache_len=COMPILED_CACHE_TOKENS,
                               compile_config=compile_config)  # fmt: skip
+            processors.insert(0, _FiniteStepCheck(speakable))
         generated = super().generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            logits_processor=LogitsProcessorList([SpeechUnitsLogitsProcessor(self.speech_ids)]),
+            logits_processor=LogitsProcessorList(processors),
             eos_token_id=self.speech_ids.end,
             pad_token_id=pad_id,
             streamer=streamer,
@@ -578,6 +581,18 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         waveform (a piece of a single frame held for a second, `hold_short_codes`)."""
         decode = self.codec.decode_expected if expected else self.codec.decode
         return decode(hold_short_codes(codes))[0].float().clamp(-1, 1).cpu()
+
+
+class _FiniteStepCheck(LogitsProcessor):
+    """With compiled decoding, every step's scores of the speakable tokens (the eager prefill's too) must be finite
+    (`check_finite_step`); the other tokens are -inf by design (`logits_vocabulary`)."""
+
+    def __init__(self, vocabulary: torch.LongTensor):
+        self.vocabulary = vocabulary
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        check_finite_step(scores[:, self.vocabulary])
+        return scores
 
 
 class _UnitStreamer(BaseStreamer):
