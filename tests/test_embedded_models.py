@@ -83,7 +83,7 @@ def test_its_compiled_decoding_says_what_eager_steps_say(folder):
     2, with room for other machines' arithmetic), and Whisper understands its audio."""
     compiled = pipeline("text-to-speech", model=str(folder), model_kwargs={"compile_decoding": True})
     eager = pipeline("text-to-speech", model=str(folder)).model
-    assert compiled.model.decoding_compiled and compiled.model.acoustic_lm._compiled_decoder_step is not None
+    assert compiled.model.decoding_compiled and compiled.model.acoustic_lm._compiled_frame_step is not None
     sentences = [s for s in fortune_sentences() if is_held_out(s)][:2]
     units = [compiled.model.speech_units(text) for text in sentences]
     assert unit_error_rate([eager.speech_units(text) for text in sentences], units) <= 0.05

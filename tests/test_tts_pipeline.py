@@ -485,7 +485,7 @@ def test_compile_decoding_needs_one_fixed_routing_and_float_weights(tts_dir):
     model.model.layers[0].routing = None  # as a MoLE-Llama's layers: their routers choose
     with pytest.raises(ValueError, match="compile_decoding needs one fixed routing"):
         model.compile_decoding()
-    assert not model.decoding_compiled and model.acoustic_lm._compiled_decoder_step is None
+    assert not model.decoding_compiled and model.acoustic_lm._compiled_frame_step is None
     int8 = quantize_llm_int8(pipeline("text-to-speech", model=str(tts_dir)).model)
     with pytest.raises(ValueError, match="int8-quantized"):
         int8.compile_decoding()

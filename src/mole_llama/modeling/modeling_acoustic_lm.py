@@ -202,7 +202,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             use_float16_weights(self.model)
             use_float16_weights(self.head_mlp)
             self.lm_head = Float16WeightLinear.from_linear(self.lm_head)
-        self._compiled_decoder_step = None  # `compile_decoding`
+        self._compiled_frame_step = None  # `compile_decoding`
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -498,8 +498,8 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------------- generate
 
-    def _sampler(self, temperature, top_k, top_p, do_sample: bool, generators: list):
-        """The function that picks each codebook's codes from its logits `[batch, codebook_size]`."""
+    def _sampler(self, temperature, top_k, top_p, do_sample: bool, generators: list) -> "FrameSampler":
+        """How a generation picks each codebook's codes from its logits (checked here, before any step runs)."""
         if do_sample:
             if temperature is None or temperature <= 0:
                 raise ValueError(f"temperature={temperature} must be positive; for greedy decoding use do_sample=False")
@@ -507,27 +507,8 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
                 raise ValueError(f"top_k={top_k} must be at least 1 (or None to keep every code)")
             if top_p is not None and not 0 < top_p <= 1:
                 raise ValueError(f"top_p={top_p} must lie in (0, 1] (or None to keep every code)")
-        warpers = []
-        if do_sample and temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
-        if do_sample and top_k is not None:
-            warpers.append(TopKLogitsWarper(top_k=top_k))
-        if do_sample and top_p is not None and top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p=top_p))
-
-        def choose(logits: torch.Tensor) -> torch.LongTensor:
-            logits = logits.float()
-            if not do_sample:
-                return logits.argmax(dim=-1)
-            for warper in warpers:  # called one by one: the list's own call inspects each signature every time
-                logits = warper(None, logits)
-            probabilities = logits.softmax(dim=-1)
-            if len(generators) == 1:
-                return torch.multinomial(probabilities, 1, generator=generators[0]).squeeze(-1)
-            return torch.cat([torch.multinomial(row[None], 1, generator=generator)[0]
-                              for row, generator in zip(probabilities, generators)])  # fmt: skip
-
-        return choose
+        settings = SamplingSettings(do_sample, float(temperature or 1.0), top_k, top_p)
+        return FrameSampler(settings, generators, self.config.num_codebooks, self.device)
 
     def _first_step(self, layout: dict) -> tuple:
         """The first decoder input (the voice prompt and the first frame in one pass), its mask and positions."""
@@ -543,41 +524,49 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         return inputs, attention_mask, position_ids[:, -1:] + 1
 
     def compile_decoding(self, **compile_kwargs) -> None:
-        """Compile the decoder's one-frame step with `torch.compile` (inductor; `compile_kwargs` go to it, default
-        `dynamic=True`: the KV cache grows every frame). On a CPU the step is mostly the overhead of small ops,
-        which the compiled graph fuses; the first generation pays the compile (inductor keeps it on disk for the
-        next process). The first step of each generation (the voice prompt and the first frame) and the steps of a
-        batch of several items stay eager (a batch's float16 products are FBGEMM's, which a graph cannot hold:
-        `float16_weights.py`), and training's `forward` is untouched. The compiled function is the class's (called
-        with the model), so a copy of the model steps with its own weights."""
-        allow_compiled_steps(self.model)
-        step = type(self)._decoder_step
-        self._compiled_decoder_step = torch.compile(step, **{"dynamic": True, **compile_kwargs})
+        """Compile a frame's step (the decoder's one-frame pass, the heads and the draws) with `torch.compile`
+        (inductor; `compile_kwargs` go to it, default `dynamic=True`: the KV cache grows every frame). On a CPU the
+        step is mostly the overhead of small ops, which the compiled graph fuses; the first generation pays the
+        compile (inductor keeps it on disk for the next process). The first step of each generation (the voice
+        prompt and the first frame) and the steps of a batch of several items stay eager (a batch's float16 products
+        are FBGEMM's, which a graph cannot hold: `float16_weights.py`), and training's `forward` is untouched. The
+        compiled function is the class's (called with the model), so a copy of the model steps with its own
+        weights."""
+        allow_compiled_steps(self)
+        step = type(self)._frame_step
+        self._compiled_frame_step = torch.compile(step, **{"dynamic": True, **compile_kwargs})
 
-    def _decoder_step(self, inputs, attention_mask, position_ids, cache) -> torch.Tensor:
-        """The decoder's state after `inputs` (the KV cache grows by them): `[b, hidden]` at the last input."""
-        return self.model(
+    def _frame_step(self, inputs, attention_mask, position_ids, cache, uniforms, sampling, with_probabilities: bool):
+        """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook (`[b, K]`,
+        drawn with `uniforms [b, K]` under `sampling`), each codebook's distribution `[b, K, codebook_size]` with
+        `with_probabilities` (else None), and a sum of the step's states and scores, finite when they all are."""
+        hidden = self.model(
             inputs_embeds=inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
         ).last_hidden_state[:, -1]
-
-    def _generate_frame(self, inputs, attention_mask, position_ids, cache, choose, with_probabilities: bool = False):
-        """One decoder step (the KV cache grows by `inputs`), then the frame's codes codebook by codebook: `[b, K]`,
-        and with `with_probabilities` each codebook's distribution `[b, K, codebook_size]` (else None)."""
-        if self._compiled_decoder_step is not None and cache.get_seq_length() > 0 and inputs.shape[0] == 1:
-            hidden = self._compiled_decoder_step(self, inputs, attention_mask, position_ids, cache)
-            check_finite_step(hidden)
-        else:  # eager: it also keeps the float16 weights fresh for the compiled steps (`Float16WeightLinear`)
-            hidden = self._decoder_step(inputs, attention_mask, position_ids, cache)
         lower = torch.zeros_like(hidden)
-        codes, probabilities = [], []
+        codes, probabilities, total = [], [], hidden.sum()
         for codebook in range(self.config.num_codebooks):
-            logits = self._head_logits(hidden, codebook, lower)
-            codes.append(choose(logits))
+            logits = self._head_logits(hidden, codebook, lower).float()
+            total = total + logits.sum()
+            codes.append(choose_codes(logits, None if uniforms is None else uniforms[:, codebook], sampling))
             if with_probabilities:
-                probabilities.append(logits.float().softmax(dim=-1))
+                probabilities.append(logits.softmax(dim=-1))
             if codebook < self.config.num_codebooks - 1:
                 lower = lower + self.depth_embed(codes[-1] + codebook * self.config.codebook_size)
-        return torch.stack(codes, dim=1), torch.stack(probabilities, dim=1) if with_probabilities else None
+        return torch.stack(codes, dim=1), torch.stack(probabilities, dim=1) if with_probabilities else None, total
+
+    def _generate_frame(self, inputs, attention_mask, position_ids, cache, sampler, with_probabilities: bool = False):
+        """`_frame_step` with the sampler's next draws: compiled (and its output checked: its float16 products are
+        not) from the second frame of a single item on, once `compile_decoding` ran; eager otherwise, which also
+        keeps the float16 weights fresh for the compiled steps (`Float16WeightLinear`)."""
+        draws = sampler.draws(inputs.shape[0])
+        step = (inputs, attention_mask, position_ids, cache, draws, sampler.settings, with_probabilities)
+        if self._compiled_frame_step is not None and cache.get_seq_length() > 0 and inputs.shape[0] == 1:
+            codes, probabilities, total = self._compiled_frame_step(self, *step)
+            check_finite_step(total)
+            return codes, probabilities
+        codes, probabilities, _ = self._frame_step(*step)
+        return codes, probabilities
 
     def stream(self, prompt_codes=None, max_frames=None, temperature: float = 1.0, top_k=None, top_p=None,
                do_sample: bool = True, seed=None, output_code_probabilities: bool = False):  # fmt: skip
@@ -643,7 +632,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             lengths = [min(length, max_frames) for length in lengths]
         for index, (prompt, length) in enumerate(zip(prompts, lengths)):
             self._check_length(prompt.shape[1], length, index)
-        choose = self._sampler(temperature, top_k, top_p, do_sample, self._generators(seed, len(units)))
+        sampler = self._sampler(temperature, top_k, top_p, do_sample, self._generators(seed, len(units)))
         layout = self._layout(units, prompts, lengths, in_blocks=True)
         frames = layout["frames"]
         inputs, attention_mask, position_ids = self._first_step(layout)
@@ -656,7 +645,7 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
             probabilities = torch.zeros(size, device=self.device)
         for frame in range(frames):
             codes[:, :, frame], frame_probabilities = self._generate_frame(
-                inputs, attention_mask, position_ids, cache, choose, output_code_probabilities
+                inputs, attention_mask, position_ids, cache, sampler, output_code_probabilities
             )
             if output_code_probabilities:
                 probabilities[:, :, frame] = frame_probabilities
@@ -671,6 +660,51 @@ class AcousticLMForConditionalGeneration(AcousticLMPreTrainedModel):
         if return_dict_in_generate:
             return AcousticLMGenerateOutput(codes=codes, lengths=layout["lengths"], code_probabilities=probabilities)
         return codes
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How codes are picked from a codebook's logits: greedy, or drawn after temperature, top-k and top-p (plain
+    values, which a compiled step specializes on)."""
+
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+
+
+def choose_codes(logits: torch.Tensor, uniform: torch.Tensor | None, sampling: SamplingSettings) -> torch.LongTensor:
+    """Codes `[b]` from logits `[b, codebook_size]`: the argmax, or a draw from the filtered softmax by inverse
+    transform of `uniform [b]` in [0, 1) (drawn beforehand from each item's generator, so a compiled step needs no
+    generator of its own)."""
+    if not sampling.do_sample:
+        return logits.argmax(dim=-1)
+    if sampling.temperature != 1.0:
+        logits = TemperatureLogitsWarper(sampling.temperature)(None, logits)
+    if sampling.top_k is not None:
+        logits = TopKLogitsWarper(top_k=sampling.top_k)(None, logits)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        logits = TopPLogitsWarper(top_p=sampling.top_p)(None, logits)
+    cumulative = logits.softmax(dim=-1).cumsum(dim=-1)
+    target = (1 - uniform)[:, None] * cumulative[:, -1:]  # in (0, total]: a code of probability 0 is never drawn
+    return (cumulative < target).sum(dim=-1).clamp(max=logits.shape[-1] - 1)
+
+
+class FrameSampler:
+    """A generation's sampling settings and, when it samples, its generators (one for the batch, or one per item):
+    each frame takes one uniform number per item and codebook from them, before the step (`draws`)."""
+
+    def __init__(self, settings: SamplingSettings, generators: list, num_codebooks: int, device):
+        self.settings, self.generators = settings, generators
+        self.num_codebooks, self.device = num_codebooks, device
+
+    def draws(self, batch_size: int) -> torch.Tensor | None:
+        if not self.settings.do_sample:
+            return None
+        if len(self.generators) == 1:
+            shape, generator = (batch_size, self.num_codebooks), self.generators[0]
+            return torch.rand(shape, generator=generator, device=self.device)
+        return torch.stack([torch.rand(self.num_codebooks, generator=g, device=self.device) for g in self.generators])
 
 
 class AcousticCodeStream:
@@ -691,7 +725,7 @@ class AcousticCodeStream:
         self.model, self.max_frames = model, max_frames
         self.output_code_probabilities = output_code_probabilities
         self.prompt = model._prepare_prompts(None if prompt_codes is None else [prompt_codes], None, 1)[0]
-        self.choose = model._sampler(temperature, top_k, top_p, do_sample, model._generators(seed, 1))
+        self.sampler = model._sampler(temperature, top_k, top_p, do_sample, model._generators(seed, 1))
         self.units = []
         self.conditioning = None  # [1, frames conditioned so far, hidden]
         self.generated = 0
@@ -780,7 +814,7 @@ class AcousticCodeStream:
                 self.conditioning[:, frame], previous, attention_mask, position_ids
             )
         codes, probabilities = model._generate_frame(
-            inputs, attention_mask, position_ids, cache, self.choose, self.output_code_probabilities
+            inputs, attention_mask, position_ids, cache, self.sampler, self.output_code_probabilities
         )
         self.step = (codes, attention_mask, position_ids, cache)
         self.generated += 1
