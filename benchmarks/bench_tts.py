@@ -12,9 +12,9 @@
   whole call;
 - a batch of `--batch` sentences in one call vs the same sentences one call each (throughput ratio), eager and
   with compiled decoding (whose batch decodes eagerly, its single calls compiled);
-- MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin (total time and median real-time factor),
-  and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with the LM
-  head over the whole vocabulary (before speaking scored the speech tokens alone).
+- MoLE-Llama speaking vs TTS-Llama on the same sentences, round-robin, 3 rounds (total time and median real-time
+  factor), and per LLM token with the MoLE-Llama's shipped routing and with soft routing, and the TTS-Llama's with
+  the LM head over the whole vocabulary (before speaking scored the speech tokens alone).
 
     python benchmarks/bench_tts.py [--sentences 8] [--batch 8] [--threads 2]
 """
@@ -155,15 +155,16 @@ def main():
         print(f"{len(batch)} sentences, {name} (medians of 3 rounds): one batched call {calls['batched']:.1f} s, one "
               f"call each {calls['serial']:.1f} s: throughput x{calls['serial'] / calls['batched']:.2f}")  # fmt: skip
 
-    speaking = {"TTS-Llama": [], "MoLE-Llama": []}  # per sentence: (seconds, audio seconds)
-    for seed, text in enumerate(spoken):  # round-robin, the order alternating, so drift hits both alike
-        order = [("TTS-Llama", tts), ("MoLE-Llama", mole)]
-        for name, model in order if seed % 2 == 0 else order[::-1]:
-            wave, seconds = timed(model.speak, text, seed=seed)
-            speaking[name].append((seconds, len(wave) / model.sampling_rate))
+    speaking = {"TTS-Llama": [], "MoLE-Llama": []}  # per sentence and round: (seconds, audio seconds)
+    for round_index in range(3):  # round-robin, the order alternating, so drift hits both alike
+        for seed, text in enumerate(spoken):
+            order = [("TTS-Llama", tts), ("MoLE-Llama", mole)]
+            for name, model in order if (seed + round_index) % 2 == 0 else order[::-1]:
+                wave, seconds = timed(model.speak, text, seed=seed)
+                speaking[name].append((seconds, len(wave) / model.sampling_rate))
     totals = {name: sum(seconds for seconds, _ in runs) for name, runs in speaking.items()}
     factors = {name: statistics.median(s / audio for s, audio in runs) for name, runs in speaking.items()}
-    print(f"MoLE-Llama speaking / TTS-Llama, round-robin: total {totals['MoLE-Llama']:.1f} s / "
+    print(f"MoLE-Llama speaking / TTS-Llama, 3 rounds round-robin: total {totals['MoLE-Llama']:.1f} s / "
           f"{totals['TTS-Llama']:.1f} s = x{totals['MoLE-Llama'] / totals['TTS-Llama']:.2f}; median real-time "
           f"factor {factors['MoLE-Llama']:.3f} / {factors['TTS-Llama']:.3f} = "
           f"x{factors['MoLE-Llama'] / factors['TTS-Llama']:.2f}")  # fmt: skip

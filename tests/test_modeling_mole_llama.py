@@ -17,7 +17,7 @@ from conftest import NEW_TOKENS, TINY_LLAMA
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
 from mole_llama.conversion.peft_experts import mole_config_from_base
 from mole_llama.modeling.float16_weights import Float16Weight
-from mole_llama.modeling.modeling_mole_llama import MoLELinear, MoLERouter
+from mole_llama.modeling.modeling_mole_llama import ExpertRows, MoLELinear, MoLERouter
 
 
 def random_ids(vocab, shape=(2, 11), seed=0):
@@ -391,15 +391,35 @@ def test_hard_routing_fast_path_equals_the_general_path(mole, tiny_mole_dir, mon
     hard = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True).eval()
     ids = random_ids(hard.config.vocab_size, shape=(1, 7))
     routers = [layer.router for layer in hard.model.layers]
-    chosen = [router.single_expert(hard(ids[:, :1], output_expert_weights=True).expert_weights[i])
+    chosen = [router.hard_routes(hard(ids[:, :1], output_expert_weights=True).expert_weights[i])
               for i, router in enumerate(routers)]  # fmt: skip
     assert all(name in hard.config.expert_names for name in chosen), "one token: one expert per layer"
     fast = hard.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
     fast_logits = hard(ids).logits
     for router in routers:
-        monkeypatch.setattr(router, "single_expert", lambda weights: None)  # always the one-hot mixed path
+        monkeypatch.setattr(router, "hard_routes", lambda weights: None)  # always the one-hot mixed path
     torch.testing.assert_close(hard(ids).logits, fast_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(hard.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), fast)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "kept", [{}, {"merged_expert_cache": True}, {"merged_expert_cache": True, "float16_decoding": True}]
+)
+def test_tokens_routed_to_different_experts_each_take_their_expert_alone(tiny_mole_dir, monkeypatch, kept):
+    """A prompt whose tokens choose different experts (hard routing) multiplies each token's row once, with its
+    expert alone (`ExpertRows`; by the kept merged weight with the cache), as the one-hot gated mixture does."""
+    model = MoLELlamaForCausalLM.from_pretrained(tiny_mole_dir, hard_routing=True, **kept).eval()
+    _scramble_routers(model, seed=3)
+    ids = random_ids(model.config.vocab_size, shape=(2, 9))
+    routes = [layer.router.hard_routes(weights) for layer, weights in
+              zip(model.model.layers, model(ids, output_expert_weights=True).expert_weights)]  # fmt: skip
+    assert any(isinstance(route, ExpertRows) and len(route.rows) == 2 for route in routes)
+    rows = model(ids).logits
+    for layer in model.model.layers:
+        monkeypatch.setattr(layer.router, "hard_routes", lambda weights: None)  # the one-hot gated mixture
+    tolerance = 2e-2 if kept.get("float16_decoding") else 1e-5  # float16: the merged weights are rounded
+    torch.testing.assert_close(rows, model(ids).logits, atol=tolerance, rtol=tolerance)
 
 
 @torch.no_grad()
