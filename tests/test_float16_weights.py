@@ -13,6 +13,7 @@ from mole_llama.modeling.float16_weights import (
     Float16WeightLinear,
     allow_compiled_steps,
     check_finite_step,
+    fbgemm_engine,
     use_float16_weights,
 )
 from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
@@ -25,8 +26,8 @@ def weight_linear(seed=0, bias=True) -> tuple:
 
 
 @torch.no_grad()
+@pytest.mark.skipif(not fbgemm_engine(), reason="FBGEMM packs float16 weights on x86 builds only")
 def test_products_use_the_weight_rounded_to_float16_and_a_row_gets_the_same_bits_alone_or_in_a_batch():
-    assert float16_weights.FBGEMM_AVAILABLE  # this x86 build packs for FBGEMM
     linear, step = weight_linear()
     rounded = linear.weight.half().float()
     assert not torch.equal(rounded, linear.weight)
@@ -62,16 +63,20 @@ def test_its_float16_weight_follows_the_weight_and_large_activations_do_not_over
 
 
 @torch.no_grad()
-def test_without_fbgemm_the_product_is_float32_by_the_same_rounded_weight(monkeypatch):
+def test_without_fbgemm_the_product_is_float32_by_the_same_rounded_weight_and_the_weight_stays(monkeypatch):
     weight = torch.randn(10, 24)
     weight[0, 0] = 1e5  # past float16's range: saturates at 65504, as FBGEMM packs it
+    original = weight.clone()
     x = torch.randn(3, 24)
     packed = Float16Weight(weight)
-    monkeypatch.setattr(float16_weights, "FBGEMM_AVAILABLE", False)
+    assert torch.equal(weight, original)  # FBGEMM saturates what it packs in place: it packs a copy
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")  # e.g. set by other code in the process
+    assert not float16_weights.fbgemm_engine()
     plain = Float16Weight(weight)
-    assert plain.packed is None and plain.rounded[0, 0] == 65504.0
+    assert plain.packed is None and plain.rounded[0, 0] == 65504.0 and torch.equal(weight, original)
     assert torch.equal(plain.linear(x), F.linear(x, plain.rounded))
     torch.testing.assert_close(packed.linear(x), plain.linear(x))
+    assert packed.linear(x.bfloat16()).dtype == plain.linear(x.bfloat16()).dtype == torch.bfloat16
 
 
 def test_use_float16_weights_replaces_plain_linears_only():

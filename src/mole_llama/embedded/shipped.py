@@ -105,8 +105,8 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
     parts = SPEECH_SOURCE
     semantic_tokenizer = SemanticUnitsModel.from_pretrained(parts / "semantic_tokenizer", dtype=torch.float32)
     num_units = semantic_tokenizer.config.num_units
-    # A small model: one more copy of the targeted weights per expert (and its float16 copy) buys base-speed
-    # decoding on one expert, at float16 bytes per one-token step.
+    # A small model: one more copy of the targeted weights per expert, kept in float16 (`float16_weights.py`),
+    # buys base-speed decoding on one expert at float16 bytes per step.
     cache = {"merged_expert_cache": True, "float16_decoding": True}
     if name == "tts-llama":
         llm = build_mole_from_adapters(base, {"speech": parts / "speech_expert"}, **cache)

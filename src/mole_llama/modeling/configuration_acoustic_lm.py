@@ -69,7 +69,8 @@ class AcousticLMConfig(PreTrainedConfig):
             In inference on float32 weights, the decoder's and heads' products use their weights rounded to float16
             precision: on a CPU through FBGEMM's float16-weight GEMM (half the bytes read; the rows and the sums stay
             float32; `float16_weights.py`), elsewhere in float32. Training is unchanged. Each row's product does not
-            depend on the others, so an item alone (or streamed) and in a batch get the same numbers.
+            depend on the others, so an item alone (or streamed) and in a batch get the same numbers (compiled
+            decoding steps, one item at a time, multiply rows rounded to float16 too).
     """
 
     model_type = "acoustic_lm"

@@ -127,7 +127,8 @@ class MoLELlamaConfig(LlamaConfig):
             With `merged_expert_cache`, on float32 weights: the kept weight is rounded to float16 precision, and on a
             CPU every call multiplies by it through FBGEMM's float16-weight GEMM (half the bytes read; rows and sums
             stay float32, so nothing can overflow float16; `float16_weights.py`), elsewhere in float32. Each row's
-            product does not depend on the others: a text says the same alone and in a batch. Memory-bound CPU
+            product does not depend on the others: a text says the same alone and in a batch. (Compiled decoding
+            steps multiply their rows rounded to float16, and check the step's output instead.) Memory-bound CPU
             decoding of SmolLM2-135M ran ~1.9x faster per token here, with the same greedy units
             (benchmarks/bench_tts.py).
         routing (`str`, *optional*):

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 FLOAT16_MAX = 65504.0
-FBGEMM_AVAILABLE = "fbgemm" in torch.backends.quantized.supported_engines  # x86 builds
+FBGEMM_ENGINES = ("x86", "fbgemm")
+
+
+def fbgemm_engine() -> bool:
+    """Whether PyTorch's quantized engine is FBGEMM's (the default of x86 builds), which packs float16 weights."""
+    return torch.backends.quantized.engine in FBGEMM_ENGINES
 
 
 class Float16Weight:
@@ -34,20 +39,20 @@ class Float16Weight:
     saturate at +-65504, as FBGEMM packs them."""
 
     def __init__(self, weight: torch.Tensor, for_compiled_steps: bool = False):
-        weight = weight.detach().float()
-        half = weight.clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
-        if weight.device.type == "cpu" and FBGEMM_AVAILABLE:
-            self.packed, self.rounded = torch.ops.quantized.linear_prepack_fp16(weight.contiguous(), None), None
+        half = weight.detach().float().clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
+        if weight.device.type == "cpu" and fbgemm_engine():  # packs a copy: FBGEMM saturates its input in place
+            self.packed, self.rounded = torch.ops.quantized.linear_prepack_fp16(half.float(), None), None
         else:
             self.packed, self.rounded = None, half.float()
         self.half = half if for_compiled_steps else None
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """`x @ weight.T (+ bias)` for float32 `x` on the weight's device."""
+        """`x @ weight.T (+ bias)` for `x` on the weight's device, in `x`'s dtype (FBGEMM multiplies float32
+        rows)."""
         if self.packed is None:
-            return F.linear(x, self.rounded, bias)
-        result = torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), self.packed)
-        return result if bias is None else result + bias
+            return F.linear(x, self.rounded.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        result = torch.ops.quantized.linear_dynamic_fp16(x.float().contiguous(), self.packed)
+        return (result if bias is None else result + bias).to(x.dtype)
 
     def compiled_row_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`linear` of one row inside a compiled decoding step: by the float16 copy, the row rounded to float16,

@@ -169,7 +169,8 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     spoken in batches (left-padded LLM generation, then one acoustic LM pass per batch), and `voice` (a waveform
     at the codec's rate, `(waveform, rate)` or a file path) conditions the acoustic LM on a reference speaker.
     Each piece samples from its own seed (`seed` + its index in its text), so a text comes out the same alone, in
-    a batch, or streamed.
+    a batch, or streamed (with `compile_decoding`, to the rounding of its graphs' float16 rows: a piece alone or
+    streamed steps compiled, a batch of pieces eagerly).
     """
 
     def __init__(self, config):
@@ -383,9 +384,10 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
     def stream(self, text: str, voice=None, seed=None, **kwargs):
         """Speak `text`, yielding its audio in chunks (1-D float tensors) as soon as they are final: within a piece
         a few units after the LLM says them (`PieceSpeechStream`), and a pause between pieces. Joined, the chunks
-        equal `generate`'s audio for the same seed. The LLM runs in a greenlet on this thread that also makes the
-        audio, so the work is the same as `speak`'s, only ordered for an early start; read the stream on this
-        thread."""
+        equal `generate`'s audio for the same seed (with `compile_decoding`, a text of several pieces to the
+        rounding of the compiled steps, which `generate` skips for a batch of pieces). The LLM runs in a greenlet on
+        this thread that also makes the audio, so the work is the same as `speak`'s, only ordered for an early
+        start; read the stream on this thread."""
         prompt_codes = self.voice_prompt(voice) if voice is not None else None
         pieces = self.plan_pieces(text, prompt_codes, **kwargs)
         first_seed = piece_seed_base(seed, reseed_llm=True)
@@ -517,7 +519,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         speakable = self.speech_ids.speakable(self.device)
         processors = [SpeechUnitsLogitsProcessor(self.speech_ids)]
         if self.decoding_compiled and len(texts) == 1:  # a batch's FBGEMM products cannot be in a graph
-            compile_config = CompileConfig(mode="default")  # dynamic=None: a second batch size makes it dynamic
+            compile_config = CompileConfig(mode="default")
             compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
             llm_kwargs.update(cache_implementation="static", max_cache_len=COMPILED_CACHE_TOKENS,
                               compile_config=compile_config)  # fmt: skip
