@@ -112,9 +112,9 @@ class Float16WeightLinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Float16WeightLinear":
         """A `Float16WeightLinear` holding `linear`'s own parameters (no copy)."""
-        step = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        step.weight, step.bias = linear.weight, linear.bias
-        return step
+        projection = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        projection.weight, projection.bias = linear.weight, linear.bias
+        return projection
 
     def forget_float16_weights(self) -> None:
         self._float16 = (None, {})  # (what they were made from, rows slice bounds -> Float16Weight); not state

@@ -172,7 +172,7 @@ class MoLELinear(nn.Linear):
         if isinstance(routing, ExpertRows):
             return routing.apply(lambda name, rows: self.routed_product(name, rows, merged), x, self.out_features)
         result = F.linear(x, self.weight, self.bias)
-        lora_x = x.to(next(iter(self.lora_A.values())).dtype)  # as PEFT: experts may be kept in float32
+        lora_x = self.lora_input(x)
         if self.training and self.has_dropout:  # each expert needs its own dropout mask, as in PEFT
             update = sum(
                 self.expert_update(name, lora_x) * routing[..., index : index + 1].to(lora_x.dtype)
@@ -194,8 +194,11 @@ class MoLELinear(nn.Linear):
         result = F.linear(x, self._parameters["weight"], bias)
         if name not in self.lora_A:
             return result
-        lora_x = x.to(next(iter(self.lora_A.values())).dtype)  # as PEFT: experts may be kept in float32
-        return result + self.expert_update(name, lora_x).to(result.dtype)
+        return result + self.expert_update(name, self.lora_input(x)).to(result.dtype)
+
+    def lora_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` in the experts' dtype: as PEFT, experts may be kept in float32 beside a lower-precision base."""
+        return x.to(next(iter(self.lora_A.values())).dtype)
 
     def mixed_update(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
         """All experts in two matmuls: stack the A's and B's along the rank axis and weigh each expert's rank
