@@ -300,3 +300,18 @@ def test_router_training_refuses_what_it_cannot_train(base_dir, speech_expert, t
         train_router(single, tokenizer, data, sft_args(tmp_path))
     with pytest.raises(ValueError, match="router training needs a MoLE-Llama"):
         train_router(LlamaForCausalLM.from_pretrained(base_dir), tokenizer, data, sft_args(tmp_path))
+
+
+def test_greedy_units_of_a_collapsed_speaker_are_cut_at_each_texts_cap(base_dir):
+    """The learning curve decodes as a speaking model does: each text's units cut at its own cap, the rest the
+    same greedy units (an untrained model rarely ends on its own)."""
+    from mole_llama.chat import greedy_speech_units
+    from mole_llama.modeling.speech_units import collapsed_units_cap
+
+    model, tokenizer, _ = load_base_for_expert(base_dir, UNITS)
+    texts = ["red cat", "the green dog saw the blue sun and the red cat"]
+    free = greedy_speech_units(model, tokenizer, texts, UNITS, max_new_tokens=100)
+    capped = greedy_speech_units(model, tokenizer, texts, UNITS, max_new_tokens=100, collapsed=True)
+    caps = [collapsed_units_cap(text) for text in texts]
+    assert caps[0] < caps[1] < 100 and len(free[0]) > caps[0], (caps, [len(units) for units in free])
+    assert capped == [units[:cap] for units, cap in zip(free, caps)]

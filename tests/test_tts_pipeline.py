@@ -223,7 +223,7 @@ def test_long_text_is_split_into_short_pieces():
 def test_a_model_that_speaks_collapsed_units_times_them_with_its_duration_predictor(tts_dir, tmp_path):
     from mole_llama.modeling.configuration_duration_predictor import DurationPredictorConfig
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
-    from mole_llama.modeling.modeling_tts_llama import UNITS_CAP_MARGIN, UNITS_PER_CHARACTER_CAP
+    from mole_llama.modeling.speech_units import UNITS_CAP_MARGIN, UNITS_PER_CHARACTER_CAP
 
     model = pipeline("text-to-speech", model=str(tts_dir)).model
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from .modeling.speech_units import (
     SPEECH_TOKEN_PREFIX,
     SpeechTokenIds,
     SpeechUnitsLogitsProcessor,
+    collapsed_units_cap,
     deduplicate_units,
     pad_token_ids,
     tts_prompt_ids,
@@ -136,10 +137,15 @@ def _end_ids(model, tokenizer) -> list:
 
 
 @torch.no_grad()
-def greedy_speech_units(model, tokenizer, texts, num_units: int, max_new_tokens: int = 256, batch_size: int = 8):
+def greedy_speech_units(
+    model, tokenizer, texts, num_units: int, max_new_tokens: int = 256, batch_size: int = 8, collapsed: bool = False
+):
     """The model's greedy speech units for each text (batched, left-padded, constrained to units and the end
-    marker): what a speaking model's LLM says before any sampling."""
+    marker): what a speaking model's LLM says before any sampling. With `collapsed` (a speech expert that speaks
+    run-length collapsed units), each text's units are cut at its `collapsed_units_cap`, as a speaking model cuts
+    them, and `max_new_tokens` bounds them all."""
     speech = SpeechTokenIds.from_tokenizer(tokenizer, num_units)
+    caps = [min(collapsed_units_cap(text), max_new_tokens) if collapsed else max_new_tokens for text in texts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [tts_prompt_ids(tokenizer, text, speech) for text in texts]
     was_training = model.training
@@ -154,10 +160,11 @@ def greedy_speech_units(model, tokenizer, texts, num_units: int, max_new_tokens:
                 logits_processor=[SpeechUnitsLogitsProcessor(speech)],
                 eos_token_id=speech.end,
                 pad_token_id=pad_id,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(caps[start : start + batch_size]),
                 do_sample=False,
             )
-            units += [speech.token_ids_to_units(row) for row in output[:, input_ids.shape[1] :]]
+            rows = output[:, input_ids.shape[1] :]
+            units += [speech.token_ids_to_units(row[:cap]) for row, cap in zip(rows, caps[start : start + batch_size])]
     finally:
         model.train(was_training)
     return units

@@ -40,6 +40,7 @@ from .speech_units import (
     SpeechTokenIds,
     SpeechUnitsLogitsProcessor,
     check_tts_text,
+    collapsed_units_cap,
     expand_units,
     pad_token_ids,
     tts_prompt_ids,
@@ -52,9 +53,6 @@ CLAUSE_END = re.compile(r"(?<=,)\s+")
 MAX_PIECE_WORDS = 12
 """The most words spoken in one piece: the longest sentences the speech expert read in training (fortunes of 5-12
 words). Longer pieces drift (benchmarks/piece_length_intelligibility.py measures it)."""
-UNITS_PER_CHARACTER_CAP, UNITS_CAP_MARGIN = 1.5, 16
-"""Collapsed units the LLM may speak for a text: measured 0.72 per character (median), 1.0 at most, on 4,601
-training sentences; without this cap a model that misses its end marker runs to max_new_tokens."""
 FRAMES_PER_CHARACTER_CAP, FRAMES_CAP_MARGIN = 8.0, 50
 """Acoustic frames a text may last (at speed 1): measured 3.4 per character (median), 5.7 at most, on the same
 sentences; it stops an untrained duration predictor from asking the acoustic LM for minutes of speech."""
@@ -468,7 +466,7 @@ class MoLELlamaForTextToWaveform(MoLELlamaForCausalLM):
         default = self.generation_config.max_new_tokens
         if self.duration_predictor is None:
             return default
-        cap = int(UNITS_PER_CHARACTER_CAP * len(spoken_form(text))) + UNITS_CAP_MARGIN  # the words it will say
+        cap = collapsed_units_cap(text)
         return min(cap, default or cap)
 
     def frame_cap(self, text: str, **kwargs) -> int:

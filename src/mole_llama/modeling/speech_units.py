@@ -90,6 +90,16 @@ class SpeechTokenIds:
         return units
 
 
+UNITS_PER_CHARACTER_CAP, UNITS_CAP_MARGIN = 1.5, 16
+"""Collapsed units the LLM may speak for a text: measured 0.72 per character (median), 1.0 at most, on 4,601
+training sentences; without this cap a model that misses its end marker runs to max_new_tokens."""
+
+
+def collapsed_units_cap(text: str) -> int:
+    """The most collapsed units a text may be spoken with, from the length of the words it will say."""
+    return int(UNITS_PER_CHARACTER_CAP * len(spoken_form(text))) + UNITS_CAP_MARGIN
+
+
 def deduplicate_units(units) -> tuple:
     """Run-length collapse: `[5, 5, 5, 2, 2, 5]` -> `([5, 2, 5], [3, 2, 1])`. The LLM speaks the collapsed units
     (GSLM's and SpeechGPT's choice: ~3x shorter for phones); the durations train the duration predictor."""

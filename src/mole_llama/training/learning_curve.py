@@ -14,22 +14,28 @@ from ..chat import greedy_speech_units, unit_error_rate
 class UnitErrorRateCallback(TrainerCallback):
     """Every `every_steps` optimizer steps (and at the end), decode `texts` greedily and log `unit_error_rate`
     against `reference_units` (both run-length collapsed), with the CPU minutes and the wall minutes spent training.
-    A run resumed from a checkpoint counts on from the minutes its restored `log_history` last logged."""
+    With `collapsed` (the expert speaks collapsed units), each hypothesis is cut at the speaking model's cap for its
+    text, so the curve measures what the model would say. A run resumed from a checkpoint counts on from the minutes
+    its restored `log_history` last logged."""
 
-    def __init__(self, tokenizer, texts: list, reference_units: list, num_units: int, every_steps: int = 100):
+    def __init__(
+        self, tokenizer, texts: list, reference_units: list, num_units: int, every_steps: int = 100,
+        collapsed: bool = False,
+    ):  # fmt: skip
         if len(texts) != len(reference_units) or not texts:
             raise ValueError(f"give one reference per text, and some: {len(texts)} vs {len(reference_units)}")
         if every_steps < 1:
             raise ValueError(f"every_steps={every_steps}: give a positive number of steps")
         self.tokenizer, self.texts, self.references = tokenizer, list(texts), list(reference_units)
-        self.num_units, self.every_steps = num_units, every_steps
+        self.num_units, self.every_steps, self.collapsed = num_units, every_steps, collapsed
         self.longest = max(len(units) for units in self.references)
         self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
         self.cpu_before = self.wall_before = 0.0
 
     def measure(self, model) -> float:
+        longest = 2 * self.longest + 8
         hypotheses = greedy_speech_units(
-            model, self.tokenizer, self.texts, self.num_units, max_new_tokens=2 * self.longest + 8
+            model, self.tokenizer, self.texts, self.num_units, max_new_tokens=longest, collapsed=self.collapsed
         )
         return unit_error_rate(self.references, hypotheses)
 

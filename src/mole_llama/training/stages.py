@@ -256,7 +256,9 @@ def _learning_curve(settings: dict, eval_prepared, base, num_units: int):
     tokenizer = AutoTokenizer.from_pretrained(base)
     add_speech_tokens(tokenizer, num_units)  # the same ids as the trained tokenizer: added the same way
     every_steps = int(curve.get("every_steps", 100))
-    return UnitErrorRateCallback(tokenizer, texts, [first_reading[t] for t in texts], num_units, every_steps)
+    collapsed = bool(settings.get("deduplicate_units"))
+    references = [first_reading[text] for text in texts]
+    return UnitErrorRateCallback(tokenizer, texts, references, num_units, every_steps, collapsed=collapsed)
 
 
 def train_tts_stage(
