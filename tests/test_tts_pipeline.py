@@ -312,6 +312,27 @@ def test_streamed_chunks_join_into_the_generated_audio(tts_dir):
     assert torch.equal(torch.cat(chunks), whole)
 
 
+def test_speaking_runs_in_inference_mode_and_returns_ordinary_tensors(tts_dir):
+    """Inference mode inside (the LLM and the acoustic LM see it), ordinary tensors outside: the caller may change
+    the audio in place, which PyTorch refuses for an inference tensor."""
+    model = pipeline("text-to-speech", model=str(tts_dir)).model
+    modes = []
+    for part in (model.model, model.acoustic_lm):
+        part.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+    ids = model.tokenizer(["One short sentence.", "Two"], return_tensors="pt", padding=True)
+    outputs = [
+        model.speak("One short sentence.", seed=0),
+        *model.speak_texts(["Two"], seed=0),
+        *model.stream("One. Two.", seed=0),
+        *model.generate(**ids, seed=0)["audio"],
+        model.voice_prompt(np.sin(np.arange(16000, dtype=np.float32) / 5)),
+    ]
+    assert modes and all(modes) and not torch.is_inference_mode_enabled()
+    for output in outputs:
+        assert not output.is_inference()
+        output.mul_(1)  # raises for an inference tensor
+
+
 def test_a_stream_generates_on_the_callers_thread_and_stops_when_dropped(tts_dir, monkeypatch):
     """The LLM generates in a greenlet on the consumer's thread (PyTorch ran ~1.7x slower from a worker thread);
     closing the stream ends the piece's generation where it waits, and no later piece starts."""
