@@ -17,7 +17,7 @@ from conftest import NEW_TOKENS, TINY_LLAMA
 from mole_llama import NO_EXPERT, MoLELlamaConfig, MoLELlamaForCausalLM, MoLELlamaModel
 from mole_llama.conversion.peft_experts import mole_config_from_base
 from mole_llama.modeling.float16_weights import Float16Weight, fbgemm_engine
-from mole_llama.modeling.modeling_mole_llama import ExpertRows, MoLELinear, MoLERouter
+from mole_llama.modeling.modeling_mole_llama import ExpertRows, MoLELinear, MoLERouter, SequenceRoutingContext
 
 
 def random_ids(vocab, shape=(2, 11), seed=0):
@@ -542,12 +542,15 @@ def test_a_hard_decoding_step_picks_the_expert_of_the_routers_weights(tiny_mole_
     ).eval()  # fmt: skip
     _lean_to(model, "speech", 4.0)  # each token says speech by 4, the prior text by 2 for 4 tokens: text, then speech
     ids = random_ids(model.config.vocab_size, shape=(1, 2))
-    choices = []
-    choose = MoLERouter.hard_step_choice
+    choices, general_means = [], []
+    choose, running_mean = MoLERouter.hard_step_choice, SequenceRoutingContext.running_mean
     monkeypatch.setattr(MoLERouter, "hard_step_choice", lambda *args: choices.append(choose(*args)) or choices[-1])
+    counted_mean = lambda *args: general_means.append(1) or running_mean(*args)  # noqa: E731
+    monkeypatch.setattr(SequenceRoutingContext, "running_mean", counted_mean)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
     fast = model.generate(ids, **kwargs)
     assert len(choices) == 11 * model.config.num_hidden_layers and len(set(choices)) == 2  # both experts chosen
+    assert len(general_means) == model.config.num_hidden_layers  # the prompt's; each step's sums in a few ops
     for layer in model.model.layers:
         layer.router.register_forward_hook(lambda module, args, output: None)
     choices.clear()

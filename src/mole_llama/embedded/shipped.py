@@ -49,11 +49,12 @@ def _check_name(name: str) -> Path:
     return folder
 
 
-ASSEMBLY_VERSION = 7
+ASSEMBLY_VERSION = 8
 """Raised when `_assemble` builds the folder differently (2: the merged-expert cache on; 3: float16 decoding on;
 4: expected-vector acoustic decoding on; 5: the acoustic LM's float16 decoding on; 6: its remote code has
-`compile_decoding`; 7: its remote code multiplies by float16 weights through FBGEMM, `float16_weights.py`), so
-caches rebuild."""
+`compile_decoding`; 7: its remote code multiplies by float16 weights through FBGEMM, `float16_weights.py`; 8: it
+speaks under inference mode, and a MoLE-Llama's decoding step updates its router sums in a few ops), so caches
+rebuild."""
 
 
 def _digest(*folders: Path) -> str:

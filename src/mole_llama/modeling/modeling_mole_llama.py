@@ -262,7 +262,10 @@ class MoLERouter(nn.Module):
     def hard_step_choice(self, hidden_states: torch.Tensor, context: "SequenceRoutingContext | None") -> str:
         """Hard routing of one token of one sequence (a decoding step): the expert `forward`'s one-hot weights
         would pick (the first of tied logits, as theirs), without building them and taking their argmax again."""
-        return self.expert_names[int(self.context_logits(hidden_states, context).argmax())]
+        logits = self.logits(hidden_states)
+        if context is not None:
+            logits = context.step_mean(logits)
+        return self.expert_names[int(logits.argmax())]
 
     def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`self.norm` (Llama's RMSNorm: float32 statistics, then its weight in the input's dtype) as one fused op
@@ -330,6 +333,24 @@ class SequenceRoutingContext:
         self.cache = cache
         self.prior_sums = prior_sums
         self.prior_tokens = prior_tokens
+
+    def step_mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """`running_mean` for a decoding step of one sequence: the same numbers in a few ops (the general path takes
+        ~15, at every layer of every step), where the token is real and continues its cached sums; else the general
+        path, which also raises where the cache cannot be followed."""
+        running = self.cache.__dict__.get(self.CACHE_ATTRIBUTE) if self.cache is not None else None
+        past = running.get(self.layer_idx) if running else None
+        if past is None or past[0].shape[0] != 1 or (self.token_mask is not None and not self.token_mask[0, -1]):
+            return self.running_mean(logits)
+        past_sums, past_counts, covered = past
+        past_length = self.cache.get_seq_length(self.layer_idx)
+        if covered != past_length:
+            return self.running_mean(logits)
+        sums, counts = logits.float() + past_sums, past_counts + 1
+        running[self.layer_idx] = (sums, counts, past_length + 1)
+        if self.prior_tokens:
+            sums, counts = sums + self.prior_sums, counts + self.prior_tokens
+        return (sums / counts).to(logits.dtype)
 
     def running_mean(self, logits: torch.Tensor) -> torch.Tensor:
         batch, length = logits.shape[:2]
