@@ -331,6 +331,9 @@ def test_speaking_runs_in_inference_mode_and_returns_ordinary_tensors(tts_dir):
     for output in outputs:
         assert not output.is_inference()
         output.mul_(1)  # raises for an inference tensor
+    wave = torch.randn(8000, requires_grad=True)  # what speaking cached (the mel constants) can serve autograd
+    model.codec.features(wave).sum().backward()
+    assert wave.grad is not None
 
 
 def test_a_stream_generates_on_the_callers_thread_and_stops_when_dropped(tts_dir, monkeypatch):

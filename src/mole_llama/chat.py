@@ -143,7 +143,8 @@ def greedy_speech_units(
     """The model's greedy speech units for each text (batched, left-padded, constrained to units and the end
     marker): what a speaking model's LLM says before any sampling. With `collapsed` (a speech expert that speaks
     run-length collapsed units), each text's units are cut at its `collapsed_units_cap`, as a speaking model cuts
-    them, and `max_new_tokens` bounds them all."""
+    a piece's (one cap for the whole text: give texts of one piece, like the learning curve's sentences), and
+    `max_new_tokens` bounds them all."""
     speech = SpeechTokenIds.from_tokenizer(tokenizer, num_units)
     caps = [min(collapsed_units_cap(text), max_new_tokens) if collapsed else max_new_tokens for text in texts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -38,19 +38,23 @@ class LogMelSpectrogram(nn.Module):
         models on the meta device and would leave non-persistent buffers uninitialised after `from_pretrained`."""
         device = torch.device(device)
         if device not in self._constants:
-            filters = mel_filter_bank(
-                num_frequency_bins=self.n_fft // 2 + 1,
-                num_mel_filters=self.n_mels,
-                min_frequency=0.0,
-                max_frequency=self.sampling_rate / 2,
-                sampling_rate=self.sampling_rate,
-                norm="slaney",
-                mel_scale="slaney",
-            )
-            mel_filters = torch.tensor(filters.T, dtype=torch.float32, device="cpu")
-            window = torch.hann_window(self.n_fft, device="cpu")
-            self._constants[device] = tuple(t.to(device) for t in (mel_filters, torch.linalg.pinv(mel_filters), window))
+            with torch.inference_mode(False):  # kept past a speaking call: ordinary tensors, which autograd can save
+                self._constants[device] = self._make_constants(device)
         return self._constants[device]
+
+    def _make_constants(self, device) -> tuple:
+        filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.n_mels,
+            min_frequency=0.0,
+            max_frequency=self.sampling_rate / 2,
+            sampling_rate=self.sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        mel_filters = torch.tensor(filters.T, dtype=torch.float32, device="cpu")
+        window = torch.hann_window(self.n_fft, device="cpu")
+        return tuple(t.to(device) for t in (mel_filters, torch.linalg.pinv(mel_filters), window))
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length + 1

@@ -347,7 +347,7 @@ class SequenceRoutingContext:
         if covered != past_length:
             return self.running_mean(logits)
         sums, counts = logits.float() + past_sums, past_counts + 1
-        running[self.layer_idx] = (sums, counts, past_length + 1)
+        running[self.layer_idx] = (sums.detach(), counts, past_length + 1)
         if self.prior_tokens:
             sums, counts = sums + self.prior_sums, counts + self.prior_tokens
         return (sums / counts).to(logits.dtype)
@@ -414,8 +414,9 @@ class MoLEDecoderLayer(LlamaDecoderLayer):
         if self.router_prior_logits is None:
             return None
         if device not in self._router_prior_tensors:
-            prior = torch.tensor(self.router_prior_logits, dtype=torch.float32, device=device)
-            self._router_prior_tensors[device] = self.router_prior_tokens * prior
+            with torch.inference_mode(False):  # kept past a speaking call: an ordinary tensor, which autograd can save
+                prior = torch.tensor(self.router_prior_logits, dtype=torch.float32, device=device)
+                self._router_prior_tensors[device] = self.router_prior_tokens * prior
         return self._router_prior_tensors[device]
 
     def _routes_one_step_hard(self, hidden_states: torch.Tensor) -> bool:

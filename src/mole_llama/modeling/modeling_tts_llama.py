@@ -108,8 +108,12 @@ def speaks_in_inference_mode(method):
 
         @functools.wraps(method)
         def chunks(*args, **kwargs):
-            for chunk in in_mode(*args, **kwargs):
-                yield _ordinary_tensors(chunk)
+            inner = in_mode(*args, **kwargs)
+            try:
+                for chunk in inner:
+                    yield _ordinary_tensors(chunk)
+            finally:
+                inner.close()  # a consumer that stops early ends the inner generation here, not at garbage collection
 
         return chunks
 
