@@ -28,14 +28,13 @@ class UnitErrorRateCallback(TrainerCallback):
             raise ValueError(f"every_steps={every_steps}: give a positive number of steps")
         self.tokenizer, self.texts, self.references = tokenizer, list(texts), list(reference_units)
         self.num_units, self.every_steps, self.collapsed = num_units, every_steps, collapsed
-        self.longest = max(len(units) for units in self.references)
+        self.max_new_tokens = 2 * max(len(units) for units in self.references) + 8  # room for a model that runs on
         self.cpu_start, self.wall_start = time.process_time(), time.perf_counter()
         self.cpu_before = self.wall_before = 0.0
 
     def measure(self, model) -> float:
-        longest = 2 * self.longest + 8
         hypotheses = greedy_speech_units(
-            model, self.tokenizer, self.texts, self.num_units, max_new_tokens=longest, collapsed=self.collapsed
+            model, self.tokenizer, self.texts, self.num_units, self.max_new_tokens, collapsed=self.collapsed
         )
         return unit_error_rate(self.references, hypotheses)
 
