@@ -38,13 +38,14 @@ def base_dir(tmp_path_factory):
     return save_tiny_llama_with_smollm2_tokenizer(tmp_path_factory.mktemp("base"), max_position_embeddings=256)
 
 
-def speech_rows(count=48, seed=0):
-    """Prepared-dataset rows where the units follow from the text's words (a learnable mapping)."""
+def speech_rows(count=48, seed=0, most_words=4):
+    """Prepared-dataset rows of 2 to `most_words` words where the units follow from the words (a learnable
+    mapping)."""
     rng = random.Random(seed)
     words = ["red", "green", "blue", "cat", "dog", "sun"]
     rows = []
     for _ in range(count):
-        chosen = [rng.randrange(len(words)) for _ in range(rng.randint(2, 4))]
+        chosen = [rng.randrange(len(words)) for _ in range(rng.randint(2, most_words))]
         units = [unit for index in chosen for unit in (2 * index, 2 * index + 1)]
         rows.append({"text": " ".join(words[i] for i in chosen), "semantic_units": units, "seconds": 1.0})
     return Dataset.from_list(rows)
@@ -315,3 +316,33 @@ def test_greedy_units_of_a_collapsed_speaker_are_cut_at_each_texts_cap(base_dir)
     caps = [collapsed_units_cap(text) for text in texts]
     assert caps[0] < caps[1] < 100 and len(free[0]) > caps[0], (caps, [len(units) for units in free])
     assert capped == [units[:cap] for units, cap in zip(free, caps)]
+
+
+def test_the_embedded_recipe_batches_speech_examples_of_like_length(base_dir, tmp_path):
+    """The embedded recipe's speech expert trains on length-grouped batches (every example once an epoch, as the
+    random order has them), which pad far less than random batches: less computation spent on padding."""
+    from mole_llama.training.experts import TokenRowsSFTTrainer, expert_lora_config
+    from mole_llama.training.recipes import load_recipe, sft_config
+
+    examples = tts_examples(speech_rows(96, most_words=16), deduplicate=True)
+    grouped = sft_config(load_recipe("embedded"), "tts_expert", tmp_path)
+    shuffled = sft_config(load_recipe("embedded", ["tts_expert.training.train_sampling_strategy=random"]), "tts_expert",
+                          tmp_path)  # fmt: skip
+
+    def epoch(args):
+        model, tokenizer, new_rows = load_base_for_expert(base_dir, UNITS)
+        trainer = TokenRowsSFTTrainer(
+            model=model, args=args, train_dataset=examples, processing_class=tokenizer,
+            peft_config=expert_lora_config(LORA, new_rows), speech_vocabulary=new_rows[1:],
+        )  # fmt: skip
+        batches = list(trainer.get_train_dataloader())
+        sequences = sorted(
+            tuple(ids[mask.bool()].tolist()) for batch in batches
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"])
+        )  # fmt: skip
+        real = sum(int(batch["attention_mask"].sum()) for batch in batches)
+        return 1 - real / sum(batch["attention_mask"].numel() for batch in batches), sequences
+
+    (grouped_padding, grouped_sequences), (random_padding, random_sequences) = epoch(grouped), epoch(shuffled)
+    assert len(grouped_sequences) == len(examples) and grouped_sequences == random_sequences
+    assert grouped_padding < 0.5 * random_padding, (grouped_padding, random_padding)
