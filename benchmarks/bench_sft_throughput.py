@@ -23,7 +23,7 @@ from mole_llama.embedded.base import embedded_base_path
 from mole_llama.embedded.festival import fortune_sentences, is_held_out, synthesize
 from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
-from mole_llama.training.experts import TokenRowsSFTTrainer, load_base_for_expert
+from mole_llama.training.experts import TokenRowsSFTTrainer, expert_lora_config, load_base_for_expert
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
 from mole_llama.training.sft_data import tts_examples
 
@@ -60,7 +60,7 @@ def main():
 
     def fresh():
         model, tokenizer, new_rows = load_base_for_expert(base, args.units, seed=0)
-        config = lora.lora_config(new_rows, tied_embeddings=bool(model.config.tie_word_embeddings))
+        config = expert_lora_config(lora, new_rows, tied_embeddings=bool(model.config.tie_word_embeddings))
         return model, tokenizer, config
 
     with tempfile.TemporaryDirectory() as out:

@@ -4,17 +4,25 @@ LLM side, measured side by side (round-robin steps over the same sentences, one 
 - before: frame-level phone units (50/s), SmolLM2's default system prompt, loss over the whole vocabulary, fp32;
 - + collapsed units (`tts_expert.deduplicate_units`), + a short system turn (`TTS_SYSTEM`),
 - + the speech-vocabulary loss with the LM head only at the targets (`tts_expert.speech_vocabulary_loss`),
+- + length-grouped batches (`train_sampling_strategy: group_by_length`): each batch's sentences are of near-equal
+  length, so it pads less (transformers groups within mega-batches of up to 50 batches, so give a few hundred
+  sentences);
 - with `--bf16`: + bf16 autocast. This CPU has avx512_bf16, but torch 2.13's CPU matmuls in bf16 fall back to a
   slow generic gemm here (py-spy: `cpublas_gemm_impl`): 8 steps had not finished in 10 CPU minutes where fp32
   takes 9 s a step, so the recipe trains in fp32.
 
-Prints the median step time, tokens per step, tokens/s and sentences/s of each. Sentences come from a corpus
-(`mole-llama build-corpus`), aligned here with the "phones" units.
+Grouping changes which batches an epoch has, not what one step costs, so each variant builds its whole epoch of
+batches over the same sentences and times `--steps` of them drawn at the same random positions (after one untimed
+warm-up step). Its epoch time is estimated from its seconds per padded token over the timed steps times the padded
+tokens of its whole epoch (less noisy than the mean step times the batches, as the drawn batches differ in length).
+Prints the mean timed step, the real and padded tokens per batch over the epoch, the epoch's estimated seconds and
+sentences/s. Sentences come from a corpus (`mole-llama build-corpus`), aligned here with the "phones" units.
 
-    python benchmarks/bench_tts_training.py --corpus CORPUS [--sentences 16] [--steps 4] [--batch-size 4] [--bf16]
+    python benchmarks/bench_tts_training.py --corpus CORPUS [--sentences 800] [--steps 12] [--batch-size 8] [--bf16]
 """
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -31,16 +39,17 @@ from mole_llama.modeling.configuration_mole_llama import ExpertSpec
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
 from mole_llama.modeling.phone_units import PHONES, TranscriptAlignmentError
-from mole_llama.training.experts import TokenRowsSFTTrainer, load_base_for_expert
+from mole_llama.training.experts import TokenRowsSFTTrainer, expert_lora_config, load_base_for_expert
 from mole_llama.training.sft_data import tts_examples
 
-VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, bf16
-    ("before", False, False, False, False),
-    ("+ collapsed units", True, False, False, False),
-    ("+ short system turn", True, True, False, False),
-    ("+ speech-vocabulary loss", True, True, True, False),
+VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, length-grouped batches, bf16
+    ("before", False, False, False, False, False),
+    ("+ collapsed units", True, False, False, False, False),
+    ("+ short system turn", True, True, False, False, False),
+    ("+ speech-vocabulary loss", True, True, True, False, False),
+    ("+ length-grouped batches", True, True, True, True, False),
 )
-BF16 = ("+ bf16 autocast", True, True, True, True)
+BF16 = ("+ bf16 autocast", True, True, True, True, True)
 
 
 def aligned_rows(corpus, count: int) -> list:
@@ -61,9 +70,9 @@ def aligned_rows(corpus, count: int) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, help="a build-corpus folder")
-    parser.add_argument("--sentences", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--sentences", type=int, default=800, help="one epoch of them per variant")
+    parser.add_argument("--steps", type=int, default=12, help="timed batches of each variant's epoch")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (very slow here)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -76,25 +85,30 @@ def main():
     lora = ExpertSpec(name="speech", r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
     runs = {}
     with tempfile.TemporaryDirectory() as out:
-        for name, collapsed, short_prompt, vocabulary_loss, bf16 in VARIANTS + ((BF16,) if args.bf16 else ()):
+        for name, collapsed, short_prompt, vocabulary_loss, grouped, bf16 in VARIANTS + ((BF16,) if args.bf16 else ()):
             examples = tts_examples(rows, deduplicate=collapsed)
             if not short_prompt:  # the user turn alone: SmolLM2's template adds its default system prompt
                 examples = examples.map(lambda example: {"prompt": example["prompt"][1:]})
             model, tokenizer, new_rows = load_base_for_expert(embedded_base_path(), len(PHONES), unit_names=PHONES)
             sft = SFTConfig(
-                output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size, report_to=[],
-                use_cpu=True, bf16=False, disable_tqdm=True, seed=0, max_length=1024, dataloader_drop_last=True,
+                output_dir=out, per_device_train_batch_size=args.batch_size, report_to=[], use_cpu=True, bf16=False,
+                disable_tqdm=True, seed=0, max_length=1024, dataloader_drop_last=True,
+                train_sampling_strategy="group_by_length" if grouped else "random",
             )  # fmt: skip
             trainer = TokenRowsSFTTrainer(
                 model=model, args=sft, train_dataset=examples, processing_class=tokenizer,
-                peft_config=lora.lora_config(new_rows), speech_vocabulary=new_rows[1:] if vocabulary_loss else None,
+                peft_config=expert_lora_config(lora, new_rows),
+                speech_vocabulary=new_rows[1:] if vocabulary_loss else None,
             )  # fmt: skip
-            batches = [batch for _, batch in zip(range(args.steps), trainer.get_train_dataloader())]
             optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=2e-3)
-            runs[name] = {"trainer": trainer, "batches": batches, "optimizer": optimizer, "bf16": bf16, "times": []}
-        for step in range(args.steps):  # round-robin: every variant sees the same machine load
+            runs[name] = dict(trainer=trainer, optimizer=optimizer, bf16=bf16, times=[], timed_padded=0)
+            runs[name]["batches"] = list(trainer.get_train_dataloader())
+        epoch_batches = min(len(run["batches"]) for run in runs.values())
+        draw = random.Random(0).sample(range(epoch_batches), min(args.steps, epoch_batches))
+        timed = [0, *draw]  # the first warms up
+        for step, position in enumerate(timed):  # round-robin: every variant sees the same machine load
             for run in runs.values():
-                trainer, batch = run["trainer"], run["batches"][step]
+                trainer, batch = run["trainer"], run["batches"][position]
                 trainer.model.train()
                 started = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16) if run["bf16"] else nullcontext():
@@ -102,20 +116,25 @@ def main():
                 loss.backward()
                 run["optimizer"].step()
                 run["optimizer"].zero_grad()
-                run["times"].append(time.perf_counter() - started)
-            print(f"round {step + 1} of {args.steps} done", flush=True)
+                if step > 0:
+                    run["times"].append(time.perf_counter() - started)
+                    run["timed_padded"] += batch["attention_mask"].numel()
+            print(f"round {step} of {len(timed) - 1} done", flush=True)
 
-    print(f"\nSmolLM2-135M, LoRA r={args.rank} + 42 token rows, batch {args.batch_size}, {args.sentences} aligned "
-          f"sentences, {args.steps} round-robin steps (first dropped), {args.threads} threads\n")  # fmt: skip
-    print("| variant | median step (s) | tokens/step | tokens/s | sentences/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
+    sentences = epoch_batches * args.batch_size
+    print(f"\nSmolLM2-135M, LoRA r={args.rank} + 42 token rows, batch {args.batch_size}, an epoch of {sentences} "
+          f"aligned sentences ({epoch_batches} batches, {len(timed) - 1} timed round-robin, after a warm-up step), "
+          f"{args.threads} threads\n")  # fmt: skip
+    print("| variant | mean step (s) | tokens/batch | padded tokens/batch | epoch (s) | sentences/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     first = None
     for name, run in runs.items():
-        step = statistics.median(run["times"][1:])
-        tokens = statistics.median(int(batch["attention_mask"].sum()) for batch in run["batches"])
-        first = first or step
-        print(f"| {name} | {step:.2f} | {tokens} | {tokens / step:.0f} | {args.batch_size / step:.2f} | "
-              f"{first / step:.2f}x |")  # fmt: skip
+        masks = [batch["attention_mask"] for batch in run["batches"][:epoch_batches]]
+        real, padded = sum(int(mask.sum()) for mask in masks), sum(mask.numel() for mask in masks)
+        epoch = sum(run["times"]) / run["timed_padded"] * padded
+        first = first or epoch
+        print(f"| {name} | {statistics.mean(run['times']):.2f} | {real / epoch_batches:.0f} | "
+              f"{padded / epoch_batches:.0f} | {epoch:.0f} | {sentences / epoch:.2f} | {first / epoch:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
