@@ -101,8 +101,8 @@ def main():
                 speech_vocabulary=new_rows[1:] if vocabulary_loss else None,
             )  # fmt: skip
             optimizer = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=2e-3)
-            runs[name] = dict(trainer=trainer, optimizer=optimizer, bf16=bf16, times=[], timed_padded=0)
-            runs[name]["batches"] = list(trainer.get_train_dataloader())
+            batches = list(trainer.get_train_dataloader())
+            runs[name] = dict(trainer=trainer, batches=batches, optimizer=optimizer, bf16=bf16, times=[])
         epoch_batches = min(len(run["batches"]) for run in runs.values())
         draw = random.Random(0).sample(range(epoch_batches), min(args.steps, epoch_batches))
         timed = [0, *draw]  # the first warms up
@@ -118,7 +118,6 @@ def main():
                 run["optimizer"].zero_grad()
                 if step > 0:
                     run["times"].append(time.perf_counter() - started)
-                    run["timed_padded"] += batch["attention_mask"].numel()
             print(f"round {step} of {len(timed) - 1} done", flush=True)
 
     sentences = epoch_batches * args.batch_size
@@ -131,10 +130,12 @@ def main():
     for name, run in runs.items():
         masks = [batch["attention_mask"] for batch in run["batches"][:epoch_batches]]
         real, padded = sum(int(mask.sum()) for mask in masks), sum(mask.numel() for mask in masks)
-        epoch = sum(run["times"]) / run["timed_padded"] * padded
+        timed_padded = sum(run["batches"][position]["attention_mask"].numel() for position in draw)
+        epoch = sum(run["times"]) / timed_padded * padded
         first = first or epoch
         print(f"| {name} | {statistics.mean(run['times']):.2f} | {real / epoch_batches:.0f} | "
-              f"{padded / epoch_batches:.0f} | {epoch:.0f} | {sentences / epoch:.2f} | {first / epoch:.2f}x |")  # fmt: skip
+              f"{padded / epoch_batches:.0f} | {epoch:.0f} | {sentences / epoch:.2f} | "
+              f"{first / epoch:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
