@@ -7,6 +7,9 @@ LLM side, measured side by side (round-robin steps over the same sentences, one 
 - + length-grouped batches (`train_sampling_strategy: group_by_length`): each batch's sentences are of near-equal
   length, so it pads less (transformers groups within mega-batches of up to 50 batches, so give a few hundred
   sentences);
+- padding-free rows instead of grouping (TRL's `padding_free`: each batch's sentences joined into one row, kept
+  apart by their position ids; transformers then masks attention block by block). It saves only the padding that
+  grouping leaves, and on a CPU without varlen attention kernels each row's attention spans the whole joined row;
 - with `--bf16`: + bf16 autocast. This CPU has avx512_bf16, but torch 2.13's CPU matmuls in bf16 fall back to a
   slow generic gemm here (py-spy: `cpublas_gemm_impl`): 8 steps had not finished in 10 CPU minutes where fp32
   takes 9 s a step, so the recipe trains in fp32.
@@ -42,14 +45,21 @@ from mole_llama.modeling.phone_units import PHONES, TranscriptAlignmentError
 from mole_llama.training.experts import TokenRowsSFTTrainer, expert_lora_config, load_base_for_expert
 from mole_llama.training.sft_data import tts_examples
 
-VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, length-grouped batches, bf16
-    ("before", False, False, False, False, False),
-    ("+ collapsed units", True, False, False, False, False),
-    ("+ short system turn", True, True, False, False, False),
-    ("+ speech-vocabulary loss", True, True, True, False, False),
-    ("+ length-grouped batches", True, True, True, True, False),
+VARIANTS = (  # name, collapsed units, short system turn, speech-vocabulary loss, batches, bf16
+    ("before", False, False, False, "random", False),
+    ("+ collapsed units", True, False, False, "random", False),
+    ("+ short system turn", True, True, False, "random", False),
+    ("+ speech-vocabulary loss", True, True, True, "random", False),
+    ("+ length-grouped batches", True, True, True, "grouped", False),
+    ("padding-free rows instead of grouping", True, True, True, "padding-free", False),
 )
-BF16 = ("+ bf16 autocast", True, True, True, True, True)
+BF16 = ("+ bf16 autocast", True, True, True, "grouped", True)
+
+
+def real_and_padded_tokens(batch) -> tuple[int, int]:
+    """A padding-free batch is one row without padding or attention mask."""
+    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+    return int(mask.sum()), mask.numel()
 
 
 def aligned_rows(corpus, count: int) -> list:
@@ -85,15 +95,17 @@ def main():
     lora = ExpertSpec(name="speech", r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0)
     runs = {}
     with tempfile.TemporaryDirectory() as out:
-        for name, collapsed, short_prompt, vocabulary_loss, grouped, bf16 in VARIANTS + ((BF16,) if args.bf16 else ()):
+        for name, collapsed, short_prompt, vocabulary_loss, batching, bf16 in VARIANTS + ((BF16,) if args.bf16 else ()):
             examples = tts_examples(rows, deduplicate=collapsed)
             if not short_prompt:  # the user turn alone: SmolLM2's template adds its default system prompt
                 examples = examples.map(lambda example: {"prompt": example["prompt"][1:]})
             model, tokenizer, new_rows = load_base_for_expert(embedded_base_path(), len(PHONES), unit_names=PHONES)
+            padding_free = batching == "padding-free"  # TRL then leaves truncation to us: no sentence is near 1024
             sft = SFTConfig(
                 output_dir=out, per_device_train_batch_size=args.batch_size, report_to=[], use_cpu=True, bf16=False,
-                disable_tqdm=True, seed=0, max_length=1024, dataloader_drop_last=True,
-                train_sampling_strategy="group_by_length" if grouped else "random",
+                disable_tqdm=True, seed=0, max_length=None if padding_free else 1024, dataloader_drop_last=True,
+                train_sampling_strategy="group_by_length" if batching == "grouped" else "random",
+                padding_free=padding_free,
             )  # fmt: skip
             trainer = TokenRowsSFTTrainer(
                 model=model, args=sft, train_dataset=examples, processing_class=tokenizer,
@@ -128,9 +140,9 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|")
     first = None
     for name, run in runs.items():
-        masks = [batch["attention_mask"] for batch in run["batches"][:epoch_batches]]
-        real, padded = sum(int(mask.sum()) for mask in masks), sum(mask.numel() for mask in masks)
-        timed_padded = sum(run["batches"][position]["attention_mask"].numel() for position in draw)
+        counts = [real_and_padded_tokens(batch) for batch in run["batches"][:epoch_batches]]
+        real, padded = sum(count[0] for count in counts), sum(count[1] for count in counts)
+        timed_padded = sum(counts[position][1] for position in draw)
         epoch = sum(run["times"]) / timed_padded * padded
         first = first or epoch
         print(f"| {name} | {statistics.mean(run['times']):.2f} | {real / epoch_batches:.0f} | "
