@@ -7,9 +7,10 @@ LLM side, measured side by side (round-robin steps over the same sentences, one 
 - + length-grouped batches (`train_sampling_strategy: group_by_length`): each batch's sentences are of near-equal
   length, so it pads less (transformers groups within mega-batches of up to 50 batches, so give a few hundred
   sentences);
-- padding-free rows instead of grouping (TRL's `padding_free`: each batch's sentences joined into one row, kept
-  apart by their position ids; transformers then masks attention block by block). It saves only the padding that
-  grouping leaves, and on a CPU without varlen attention kernels each row's attention spans the whole joined row;
+- padding-free rows instead of grouping (TRL's `padding_free`, over random batches: each batch's sentences joined
+  into one row, kept apart by their position ids; transformers then masks attention block by block). Against
+  grouping it can gain only the padding grouping leaves, and on a CPU without varlen attention kernels each
+  sentence's attention still spans the whole joined row, masked;
 - with `--bf16`: + bf16 autocast. This CPU has avx512_bf16, but torch 2.13's CPU matmuls in bf16 fall back to a
   slow generic gemm here (py-spy: `cpublas_gemm_impl`): 8 steps had not finished in 10 CPU minutes where fp32
   takes 9 s a step, so the recipe trains in fp32.
