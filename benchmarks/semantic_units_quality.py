@@ -6,8 +6,9 @@
 - with `--speaking-model` (a folder with `acoustic_lm/`, `codec/` and `duration_predictor/`, trained on the
   aligned phones): oracle resynthesis of the aligned phones (collapsed units -> predicted durations -> acoustic
   LM sampled with a voice prompt -> codec), the same with the recording's own durations (what a perfect duration
-  predictor would give), its codec resynthesis and the ground truth, Whisper WER per voice. The acoustic LM's
-  frames are decoded as the speaking model does by default: their expected codebook vectors where the codec can.
+  predictor would give) and with no voice prompt (what continuing the prompt's voice costs), its codec resynthesis
+  and the ground truth, Whisper WER per voice. The acoustic LM's frames are decoded as the speaking model does by
+  default: their expected codebook vectors where the codec can.
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -35,6 +36,8 @@ from mole_llama.modeling.speech_units import deduplicate_units
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
 
 RATE = 16000
+PROMPTED = "aligned phones -> predicted durations -> acoustic LM"
+UNPROMPTED = "the same, no voice prompt"
 
 
 def held_out_clips(corpus, sentences: int) -> dict:
@@ -83,7 +86,8 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
 
 def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
     """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
-    durations and with predicted ones (`aligned`: frame-level units per clip)."""
+    durations and with predicted ones (`aligned`: frame-level units per clip), in the voice of a prompt and without
+    one (the acoustic LM's own voice: what the voice prompt costs)."""
     from mole_llama.modeling.acoustic_codec import decodes_expected_vectors, load_acoustic_codec
     from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -117,23 +121,28 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         own_frames = aligned[(voice, text)]
         units = deduplicate_units(own_frames)[0]
         predicted_frames = expand_units(units, durations.predict(units))
-        own, predicted = (
+        own, predicted, unprompted = (
             acoustic_lm.generate(
                 torch.tensor([frames]),
-                prompt_codes=prompt_codes[voice],
+                prompt_codes=prompt,
                 temperature=0.4,
                 top_k=10,
                 seed=index,
                 return_dict_in_generate=True,
                 output_code_probabilities=expected,
             )
-            for frames in (own_frames, predicted_frames)
+            for frames, prompt in (
+                (own_frames, prompt_codes[voice]),
+                (predicted_frames, prompt_codes[voice]),
+                (predicted_frames, None),
+            )
         )
         for name, audio in (
             ("ground truth", waveform),
             ("codec resynthesis", codec.decode(codes)[0].numpy()),
             ("aligned phones, own durations -> acoustic LM", speech(own)),
-            ("aligned phones -> predicted durations -> acoustic LM", speech(predicted)),
+            (PROMPTED, speech(predicted)),
+            (UNPROMPTED, speech(unprompted)),
         ):
             heard[voice][name].append((text, transcribe(np.asarray(audio, dtype=np.float32), RATE)))
     rows = []
@@ -177,11 +186,12 @@ def main():
               "top-k 10, 3-s voice prompt; its expected codebook vectors decoded where the codec can)\n")  # fmt: skip
         table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences)
         names = list(table[0][1])
-        print("| voice | " + " | ".join(names) + " | ratio to ground truth |")
+        print("| voice | " + " | ".join(names) + " | ratio to ground truth (voice prompt, none) |")
         print("|---|" + "---:|" * (len(names) + 1))
         for voice, rates, count in table:
-            ratio = rates[names[-1]] / max(rates["ground truth"], 1e-9)
-            print(f"| {voice} ({count}) | " + " | ".join(f"{rates[n]:.3f}" for n in names) + f" | {ratio:.2f} |")
+            ratios = [rates[name] / max(rates["ground truth"], 1e-9) for name in (PROMPTED, UNPROMPTED)]
+            cells = " | ".join(f"{rates[n]:.3f}" for n in names)
+            print(f"| {voice} ({count}) | {cells} | {ratios[0]:.2f}, {ratios[1]:.2f} |")
 
 
 if __name__ == "__main__":
