@@ -9,7 +9,7 @@ from copy import deepcopy
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback, TrainerState
 from transformers.utils import logging as hf_logging
 
@@ -23,6 +23,7 @@ from mole_llama.modeling.modeling_acoustic_lm import (
 from mole_llama.training.acoustic_lm import (
     AcousticLMDataCollator,
     EpochToCollatorCallback,
+    SpeakerPrompts,
     acoustic_lm_accuracy,
     build_acoustic_lm_trainer,
     default_training_arguments,
@@ -549,6 +550,45 @@ def test_collator_pads_and_cuts_prompts_from_the_same_utterance():
     assert not torch.equal(collator([data[i] for i in range(16)])["semantic_units_mask"], batch["semantic_units_mask"])
     no_prompts = AcousticLMDataCollator(config, prompt_probability=0.0)([data[0], data[1]])
     assert "prompt_codes" not in no_prompts
+
+
+def test_collator_prompts_with_another_utterance_of_the_same_speaker():
+    config = synthetic_model().config
+    data = synthetic_dataset(24, 4).add_column("row", list(range(24)))
+    alone = data.filter(lambda row: row["speaker"] == 0).select([0]).map(lambda row: {"speaker": 99})
+    data = concatenate_datasets([data, alone])  # speaker 99 has one utterance: no other to prompt with
+    collator = short_prompts_collator(config, speaker_prompts=SpeakerPrompts(data, "speaker"))
+    batch = collator(list(data))
+    prompted = 0
+    for row, example in enumerate(data):
+        n_units = int(batch["semantic_units_mask"][row].sum())
+        n_frames = int(batch["acoustic_codes_mask"][row].sum())
+        n_prompt = int(batch["prompt_codes_mask"][row].sum())
+        target = batch["acoustic_codes"][row, :, :n_frames]
+        prompt = batch["prompt_codes"][row, :, :n_prompt]
+        codes = torch.tensor(example["acoustic_codes"])
+        if example["speaker"] == 99:  # falls back to a cut off its own front
+            assert n_prompt == 0 or torch.equal(torch.cat([prompt, target], 1), codes)
+            continue
+        assert n_units == len(example["semantic_units"]) and torch.equal(target, codes)  # the whole utterance
+        if n_prompt == 0:
+            continue
+        prompted += 1
+        assert 5 <= n_prompt <= 10  # 0.1-0.2 s at 50 frames a second
+        fronts = [
+            other["row"] for other in data if torch.equal(torch.tensor(other["acoustic_codes"])[:, :n_prompt], prompt)
+        ]
+        assert fronts and example["row"] not in fronts
+        assert all(data[index]["speaker"] == example["speaker"] for index in fronts)
+    assert 6 < prompted < 20, prompted
+    again = collator(list(data))
+    assert all(torch.equal(batch[name], again[name]) for name in batch)  # same seed and epoch, same prompts
+    collator.epoch = 1
+    assert not torch.equal(collator(list(data))["prompt_codes"], batch["prompt_codes"])
+    with pytest.raises(ValueError, match="speaker column 'speaker'.*remove_unused_columns"):
+        collator([{key: value for key, value in data[0].items() if key != "speaker"}])
+    with pytest.raises(ValueError, match="no speaker column 'voice'.*data.speaker_column"):
+        SpeakerPrompts(data, "voice")
 
 
 def test_epoch_callback_tells_the_collator_the_epoch_also_when_resuming():

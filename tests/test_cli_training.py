@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from datasets import Audio, Dataset, DatasetDict
+from datasets import Audio, Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
@@ -51,7 +51,11 @@ def workspace(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("cli")
     audio = [synthesize(text, voice="kal") for text in SENTENCES]
     speech = Dataset.from_dict(
-        {"text": SENTENCES, "audio": [{"bytes": wav_bytes(w, r), "path": None} for w, r in audio]}
+        {
+            "text": SENTENCES,
+            "audio": [{"bytes": wav_bytes(w, r), "path": None} for w, r in audio],
+            "voice": ["kal"] * len(SENTENCES),
+        }
     )
     speech.cast_column("audio", Audio()).save_to_disk(str(root / "speech"))
     turns = [(f"What is {a} plus {b}?", f"{a + b}") for a in range(1, 5) for b in range(1, 5)]
@@ -61,7 +65,7 @@ def workspace(tmp_path_factory, one_torch_thread):
     recipe = {
         "base_model": str(root / "base"),
         "output_dir": str(root / "out"),
-        "data": {"max_seconds": 10.0, "batch_size": 4},
+        "data": {"max_seconds": 10.0, "batch_size": 4, "speaker_column": "voice"},  # voice prompts: another clip
         "semantic_tokenizer": {"config": {"num_units": 16, "unit_rate": 50}, "iterations": 5},
         "codec": {
             "kind": "mel", "init_frames": 500,
@@ -92,6 +96,10 @@ def test_every_stage_runs_from_the_command_line(workspace, capsys, monkeypatch):
     run("train-codec", "--config", recipe, "--dataset", workspace / "speech")
     run("prepare", "--config", recipe, "--dataset", workspace / "speech")
     assert "prepared 8 of 8 rows" in capsys.readouterr().err
+    assert load_from_disk(str(out / "prepared"))["voice"] == ["kal"] * 8  # the speaker column is kept
+    with pytest.raises(SystemExit):
+        run("prepare", "--config", recipe, "--dataset", workspace / "speech", "--set", "data.speaker_column=speaker")
+    assert "data.speaker_column='speaker' is not a column" in capsys.readouterr().err
     run("train-acoustic-lm", "--config", recipe)
     for stage in ("semantic_tokenizer", "codec", "prepared", "acoustic_lm"):
         assert (out / stage).is_dir(), stage

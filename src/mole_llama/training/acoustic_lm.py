@@ -2,10 +2,13 @@
 
 The data is a `datasets.Dataset` with columns `semantic_units` (`list[int]`) and `acoustic_codes`
 (`list[list[int]]`, num_codebooks x frames) of the same utterances; an optional `prompt_codes` column
-(num_codebooks x frames, e.g. another utterance of the same speaker) is used as the voice prompt when present.
-Otherwise `AcousticLMDataCollator` cuts a random voice prompt off the front of the utterance itself (the VALL-E
-"continuation" setup): the prompt is the acoustic codes of the first units, the target the rest, so the model
-learns to continue a voice it has only heard, and never sees the answer inside the prompt.
+(num_codebooks x frames) is used as the voice prompt when present.
+Otherwise `AcousticLMDataCollator` draws a voice prompt for a share of the utterances: with `SpeakerPrompts` (a
+speaker column) the first seconds of *another* utterance of the same speaker, drawn afresh each epoch, as inference
+prompts with a reference clip; without, the front of the utterance itself (the VALL-E "continuation" setup: the
+prompt is the codes of the first units, the target the rest). Either way the model never sees the answer inside the
+prompt. Prompts from another utterance teach it to take a voice rather than to continue a recording: on the voice
+no stage trained on, the oracle's WER with a 3-s prompt fell from 0.239 to 0.134, its WER without one (README).
 
 Resuming (`resume_from_checkpoint`) reproduces an uninterrupted run: the prompt cuts are drawn from a seed, the
 epoch and the utterance itself, not from a global random state that a resumed run could not replay.
@@ -14,6 +17,7 @@ epoch and the utterance itself, not from a global random state that a resumed ru
 import math
 import random
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -48,17 +52,52 @@ def check_acoustic_dataset(dataset, config: AcousticLMConfig) -> None:
         raise ValueError("semantic_units of the first example is empty: drop utterances without units")
 
 
+class SpeakerPrompts:
+    """The utterances of each speaker in a training set, to prompt an utterance with another one of its speaker.
+
+    Args:
+        dataset: the prepared training set (`semantic_units`, `acoustic_codes` and the speaker column).
+        speaker_column: the column naming each row's speaker (the corpus builder's `voice`).
+    """
+
+    def __init__(self, dataset, speaker_column: str):
+        if speaker_column not in dataset.column_names:
+            raise ValueError(
+                f"the dataset has no speaker column {speaker_column!r} (it has {dataset.column_names}): run "
+                f"`mole-llama prepare` with the recipe's data.speaker_column set, so it keeps that column, or set "
+                f"data.speaker_column=null to cut voice prompts off the utterance itself"
+            )
+        self.speaker_column = speaker_column
+        self.rows = dataset.select_columns(["semantic_units", "acoustic_codes"])
+        self.rows_by_speaker = defaultdict(list)
+        for index, speaker in enumerate(dataset[speaker_column]):
+            self.rows_by_speaker[speaker].append(index)
+
+    def draw(self, speaker, units: torch.Tensor, rng: random.Random) -> torch.Tensor | None:
+        """The codes of another utterance of `speaker` (None when it has no other one in the set)."""
+        candidates = self.rows_by_speaker.get(speaker, [])
+        start = rng.randrange(len(candidates)) if candidates else 0
+        for step in range(len(candidates)):  # from a random row on, the first that is not this utterance
+            row = self.rows[candidates[(start + step) % len(candidates)]]
+            if not torch.equal(torch.as_tensor(row["semantic_units"], dtype=torch.long), units):
+                return torch.as_tensor(row["acoustic_codes"], dtype=torch.long)
+        return None
+
+
 @dataclass
 class AcousticLMDataCollator:
     """Pads a batch of utterances for `AcousticLMForConditionalGeneration.forward`, cutting voice prompts.
 
     Args:
         config: the model's config (rates, codebooks).
-        prompt_probability: chance that an utterance without a `prompt_codes` column entry is split into
-            prompt + target (0 disables voice prompts; 0.5 trains both with and without).
+        prompt_probability: chance that an utterance without a `prompt_codes` column entry gets a voice prompt
+            (0 disables voice prompts; 0.5 trains both with and without).
         min_prompt_seconds / max_prompt_seconds: the length range of such a prompt.
-        min_target_seconds: the least audio left to predict after the prompt (shorter utterances get no prompt).
-        seed: seeds the prompt cuts together with the epoch (set by `EpochToCollatorCallback`) and the utterance.
+        min_target_seconds: the least audio left to predict after a prompt cut off the utterance itself (shorter
+            utterances get no such prompt).
+        speaker_prompts: when given, prompts are the front of another utterance of the same speaker; a speaker
+            with no other utterance falls back to the utterance's own front.
+        seed: seeds the prompts together with the epoch (set by `EpochToCollatorCallback`) and the utterance.
     """
 
     config: AcousticLMConfig
@@ -66,6 +105,7 @@ class AcousticLMDataCollator:
     min_prompt_seconds: float = 1.0
     max_prompt_seconds: float = 3.0
     min_target_seconds: float = 1.0
+    speaker_prompts: SpeakerPrompts | None = None
     seed: int = 0
     epoch: int = 0
 
@@ -86,20 +126,40 @@ class AcousticLMDataCollator:
         """The first frame aligned with `unit` (frame `t` reads the unit holding its centre, `t + 0.5` frames)."""
         return max(0, math.ceil(unit * self.config.frames_per_unit - 0.5 - 1e-9))
 
-    def split_prompt(self, units: torch.Tensor, codes: torch.Tensor):
-        """Maybe cut the utterance into (prompt codes, target units, target codes); prompt is None when not cut."""
+    def split_prompt(self, units: torch.Tensor, codes: torch.Tensor, speaker=None):
+        """Maybe give the utterance a voice prompt: (prompt codes, target units, target codes), the prompt None when
+        it gets none. The prompt is the front of another utterance of `speaker` when `speaker_prompts` has one,
+        else cut off the utterance's own front."""
         unit_rate = self.config.semantic_unit_rate
         min_prompt = max(1, round(self.min_prompt_seconds * unit_rate))
         max_prompt = max(min_prompt, round(self.max_prompt_seconds * unit_rate))
-        max_prompt = min(max_prompt, units.numel() - max(1, round(self.min_target_seconds * unit_rate)))
         rng = self._rng(units)
-        if self.prompt_probability == 0 or max_prompt < min_prompt or rng.random() >= self.prompt_probability:
+        if self.prompt_probability == 0 or rng.random() >= self.prompt_probability:
+            return None, units, codes
+        other = None if self.speaker_prompts is None else self.speaker_prompts.draw(speaker, units, rng)
+        if other is not None:
+            frames_per_second = self.config.acoustic_frame_rate
+            seconds = rng.uniform(self.min_prompt_seconds, self.max_prompt_seconds)
+            return other[:, : max(1, round(seconds * frames_per_second))], units, codes
+        max_prompt = min(max_prompt, units.numel() - max(1, round(self.min_target_seconds * unit_rate)))
+        if max_prompt < min_prompt:
             return None, units, codes
         cut = rng.randint(min_prompt, max_prompt)
         frame = min(self.first_frame_of_unit(cut), codes.shape[1] - 1)
         if frame < 1:
             return None, units, codes
         return codes[:, :frame], units[cut:], codes[:, frame:]
+
+    def _speaker(self, feature: dict):
+        if self.speaker_prompts is None:
+            return None
+        column = self.speaker_prompts.speaker_column
+        if column not in feature:
+            raise ValueError(
+                f"an example reached the collator without its speaker column {column!r}: keep it in the batch "
+                f"(TrainingArguments(remove_unused_columns=False), as default_training_arguments sets)"
+            )
+        return feature[column]
 
     def __call__(self, features: list) -> dict:
         units, codes, prompts = [], [], []
@@ -115,7 +175,7 @@ class AcousticLMDataCollator:
             if given is not None and len(given) > 0:
                 prompt = torch.as_tensor(given, dtype=torch.long)
             else:
-                prompt, item_units, item_codes = self.split_prompt(item_units, item_codes)
+                prompt, item_units, item_codes = self.split_prompt(item_units, item_codes, self._speaker(feature))
             units.append(item_units)
             codes.append(item_codes)
             prompts.append(prompt)
@@ -173,6 +233,7 @@ def default_training_arguments(output_dir: str, **overrides) -> TrainingArgument
         save_total_limit=2,
         report_to=[],
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # the collator picks its columns, among them the speaker of `SpeakerPrompts`
         seed=0,
     )
     settings.update(overrides)
@@ -186,12 +247,16 @@ def build_acoustic_lm_trainer(
     eval_dataset=None,
     collator: AcousticLMDataCollator | None = None,
     callbacks: list | None = None,
+    speaker_column: str | None = None,
 ) -> Trainer:
-    """A `Trainer` wired with the collator and its epoch callback (call `.train()` yourself)."""
+    """A `Trainer` wired with the collator and its epoch callback (call `.train()` yourself). With
+    `speaker_column`, the default collator prompts each utterance with another one of its speaker."""
     check_acoustic_dataset(train_dataset, model.config)
     if eval_dataset is not None:
         check_acoustic_dataset(eval_dataset, model.config)
-    collator = collator or AcousticLMDataCollator(model.config, seed=args.seed)
+    if collator is None:
+        speaker_prompts = None if speaker_column is None else SpeakerPrompts(train_dataset, speaker_column)
+        collator = AcousticLMDataCollator(model.config, speaker_prompts=speaker_prompts, seed=args.seed)
     return Trainer(
         model=model,
         args=args,
@@ -211,11 +276,14 @@ def train_acoustic_lm(
     resume_from_checkpoint: str | bool | None = None,
     save_dir=None,
     save_final: bool = True,
+    speaker_column: str | None = None,
 ) -> Trainer:
     """Train (or resume: a checkpoint folder, or True for the latest in `args.output_dir`) and, unless
     `save_final=False`, save the final model in `save_dir` (default `args.output_dir`). Returns the trainer, whose
-    `state.log_history` holds the losses."""
-    trainer = build_acoustic_lm_trainer(model, train_dataset, args, eval_dataset=eval_dataset, collator=collator)
+    `state.log_history` holds the losses. `speaker_column`: as in `build_acoustic_lm_trainer`."""
+    trainer = build_acoustic_lm_trainer(
+        model, train_dataset, args, eval_dataset=eval_dataset, collator=collator, speaker_column=speaker_column
+    )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save_final:
         trainer.save_model(save_dir or args.output_dir)  # on every process: FSDP and DeepSpeed gather the weights
@@ -261,6 +329,7 @@ def acoustic_lm_accuracy(
 __all__ = [
     "AcousticLMDataCollator",
     "EpochToCollatorCallback",
+    "SpeakerPrompts",
     "acoustic_lm_accuracy",
     "build_acoustic_lm_trainer",
     "check_acoustic_dataset",

@@ -123,6 +123,16 @@ def prepare_stage(recipe: dict, dataset, semantic_tokenizer_dir, codec_dir, out)
     from .prepare import prepare_speech_dataset
 
     data = section(recipe, "data")
+    keep_columns = list(data.get("keep_columns") or [])
+    speaker_column = data.get("speaker_column")
+    if speaker_column is not None:
+        if speaker_column not in (dataset.column_names or [speaker_column]):
+            raise ValueError(
+                f"data.speaker_column={speaker_column!r} is not a column of the dataset (it has "
+                f"{dataset.column_names}): name the column that says who speaks (--set data.speaker_column=NAME), "
+                f"or set data.speaker_column=null to train voice prompts cut off each utterance itself"
+            )
+        keep_columns += [] if speaker_column in keep_columns else [speaker_column]
     prepared, report = prepare_speech_dataset(
         dataset,
         _semantic_tokenizer(semantic_tokenizer_dir),
@@ -132,7 +142,7 @@ def prepare_stage(recipe: dict, dataset, semantic_tokenizer_dir, codec_dir, out)
         max_seconds=data.get("max_seconds", 20.0),
         batch_size=data.get("batch_size", 16),
         num_proc=data.get("num_proc"),
-        keep_columns=data.get("keep_columns"),
+        keep_columns=keep_columns,
         return_report=True,
     )
     if isinstance(prepared, IterableDataset):
@@ -176,7 +186,10 @@ def train_acoustic_lm_stage(
         _check_same_architecture(model.config, config, init_weights)
     else:
         model = AcousticLMForConditionalGeneration(config)
-    train_acoustic_lm(model, prepared, args, resume_from_checkpoint=resume_from, save_dir=out)
+    speaker_column = section(recipe, "data").get("speaker_column")
+    train_acoustic_lm(
+        model, prepared, args, resume_from_checkpoint=resume_from, save_dir=out, speaker_column=speaker_column
+    )
     return Path(out)
 
 
