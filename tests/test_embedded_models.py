@@ -2,18 +2,24 @@
 with `pipeline("text-to-speech")`, and Whisper understands what it says on held-out sentences."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from mole_llama.chat import greedy_answers, unit_error_rate
-from mole_llama.embedded import WEIGHTS_DIR, embedded_model_path
+from mole_llama.embedded import WEIGHTS_DIR, embedded_model_path, ship_speaking_model
 from mole_llama.embedded.festival import fortune_sentences, is_held_out
 from mole_llama.evaluation.intelligibility import clipped_sentence_wer, error_rates, transcribe
+from mole_llama.modeling.acoustic_codec import load_acoustic_codec
+from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
+from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
+from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
 
 pytestmark = pytest.mark.slow
 MAX_SHIPPED_MB = 40
@@ -42,6 +48,24 @@ def test_shipped_parts_are_small_safetensors_with_a_card(name):
     assert card.data.pipeline_tag == "text-to-speech"
     measured = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert "WER (all)" in measured and 0 <= measured["WER (all)"] < 1  # both beat silence (WER 1.0)
+
+
+def test_shipping_new_speech_parts_beside_the_shipped_speech_expert_keeps_it(tmp_path):
+    """`scripts/ship_embedded.py tts-llama --adapter <shipped>/speech_expert`: the adapter is read before the folder
+    it lies in is replaced."""
+    out = tmp_path / "tts-llama"
+    shutil.copytree(WEIGHTS_DIR / "tts-llama", out)
+    parts = {
+        "acoustic_lm": AcousticLMForConditionalGeneration.from_pretrained(out / "acoustic_lm"),
+        "codec": load_acoustic_codec(out / "codec"),
+        "duration_predictor": DurationPredictorModel.from_pretrained(out / "duration_predictor"),
+        "semantic_tokenizer": SemanticUnitsModel.from_pretrained(out / "semantic_tokenizer"),
+    }
+    ship_speaking_model("tts-llama", "a card", out / "speech_expert", parts, out_dir=out)
+    for name in ("speech_expert/adapter_model.safetensors", "codec/model.safetensors"):
+        shipped, again = load_file(WEIGHTS_DIR / "tts-llama" / name), load_file(out / name)
+        assert shipped.keys() == again.keys() and all(torch.equal(shipped[key], again[key]) for key in shipped), name
+    assert (out / "README.md").read_text() == "a card"
 
 
 def test_assembled_folder_is_a_complete_speaking_model(folder):

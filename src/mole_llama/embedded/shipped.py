@@ -143,16 +143,17 @@ def _assemble(name: str, shipped: Path, out: Path) -> None:
     shutil.copy(shipped / "README.md", out / "README.md")
 
 
-def _save_adapter_weights(weights: Path, folder: Path) -> None:
-    """The adapter's LoRA and trained-row weights in float16, without the whole embedding tables a trainer
-    checkpoint adds (PEFT's save_embedding_layers="auto", ~230 MB for SmolLM2): their old rows are the base's and
-    the trained rows are kept apart (`trainable_tokens_delta`)."""
+def _read_adapter(adapter: Path) -> tuple[str, dict]:
+    """The adapter's config text and its LoRA and trained-row weights in float16, without the whole embedding
+    tables a trainer checkpoint adds (PEFT's save_embedding_layers="auto", ~230 MB for SmolLM2): their old rows are
+    the base's and the trained rows are kept apart (`trainable_tokens_delta`). Read before the old shipped folder
+    is removed, so the shipped adapter itself can ship again beside new speech parts."""
     tensors = {
         key: value.half()
-        for key, value in load_file(weights).items()
+        for key, value in load_file(adapter / "adapter_model.safetensors").items()
         if not key.endswith(("embed_tokens.token_adapter.base_layer.weight", "lm_head.token_adapter.base_layer.weight"))
     }
-    save_file(tensors, folder / "adapter_model.safetensors")
+    return (adapter / "adapter_config.json").read_text(), tensors
 
 
 def _save_half(model, folder: Path) -> None:
@@ -188,14 +189,15 @@ def ship_speaking_model(
                 f"speech expert and parts are the shipped tts-llama's ({SPEECH_SOURCE}): ship those as tts-llama"
             )
         experts = {"text_expert": text_expert}
+    experts = {folder_name: _read_adapter(Path(adapter)) for folder_name, adapter in experts.items()}
     out = Path(out_dir or WEIGHTS_DIR / name)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for folder_name, adapter in experts.items():
+    for folder_name, (config_text, tensors) in experts.items():
         (out / folder_name).mkdir()
-        shutil.copy(Path(adapter) / "adapter_config.json", out / folder_name / "adapter_config.json")
-        _save_adapter_weights(Path(adapter) / "adapter_model.safetensors", out / folder_name)
+        (out / folder_name / "adapter_config.json").write_text(config_text)
+        save_file(tensors, out / folder_name / "adapter_model.safetensors")
     if name == "tts-llama":
         for part in SPEECH_PARTS:
             _save_half(parts[part], out / part)
