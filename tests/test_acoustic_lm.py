@@ -567,8 +567,8 @@ def test_collator_prompts_with_another_utterance_of_the_same_speaker():
         target = batch["acoustic_codes"][row, :, :n_frames]
         prompt = batch["prompt_codes"][row, :, :n_prompt]
         codes = torch.tensor(example["acoustic_codes"])
-        if example["speaker"] == 99:  # falls back to a cut off its own front
-            assert n_prompt == 0 or torch.equal(torch.cat([prompt, target], 1), codes)
+        if example["speaker"] == 99:  # falls back to a cut off its own front (this seed prompts it)
+            assert n_prompt > 0 and torch.equal(torch.cat([prompt, target], 1), codes)
             continue
         assert n_units == len(example["semantic_units"]) and torch.equal(target, codes)  # the whole utterance
         if n_prompt == 0:
@@ -589,6 +589,23 @@ def test_collator_prompts_with_another_utterance_of_the_same_speaker():
         collator([{key: value for key, value in data[0].items() if key != "speaker"}])
     with pytest.raises(ValueError, match="no speaker column 'voice'.*data.speaker_column"):
         SpeakerPrompts(data, "voice")
+
+
+def test_trainer_with_speaker_prompts_checks_both_datasets_and_feeds_the_collator_its_columns(tmp_path):
+    model = synthetic_model()
+    data = synthetic_dataset(8, 5).add_column("text", ["words"] * 8)
+    args = default_training_arguments(tmp_path, use_cpu=True, disable_tqdm=True)
+    trainer = build_acoustic_lm_trainer(model, data, args, eval_dataset=data, speaker_column="speaker")
+    assert trainer.train_dataset.column_names == ["semantic_units", "acoustic_codes", "speaker"]
+    assert trainer.data_collator.speaker_prompts.rows_by_speaker.keys() == set(data["speaker"])
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "prompt_codes" in batch and "speaker" not in batch  # the collator read it, the model does not get it
+    without = data.remove_columns("speaker")
+    with pytest.raises(ValueError, match="no speaker column 'speaker'"):
+        build_acoustic_lm_trainer(model, data, args, eval_dataset=without, speaker_column="speaker")
+    strict = default_training_arguments(tmp_path, use_cpu=True, remove_unused_columns=True)
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        build_acoustic_lm_trainer(model, data, strict, speaker_column="speaker")
 
 
 def test_epoch_callback_tells_the_collator_the_epoch_also_when_resuming():

@@ -100,6 +100,9 @@ def test_every_stage_runs_from_the_command_line(workspace, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         run("prepare", "--config", recipe, "--dataset", workspace / "speech", "--set", "data.speaker_column=speaker")
     assert "data.speaker_column='speaker' is not a column" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the recipe's speaker column reaches the acoustic LM's training
+        run("train-acoustic-lm", "--config", recipe, "--set", "data.speaker_column=nope")
+    assert "no speaker column 'nope'" in capsys.readouterr().err
     run("train-acoustic-lm", "--config", recipe)
     for stage in ("semantic_tokenizer", "codec", "prepared", "acoustic_lm"):
         assert (out / stage).is_dir(), stage

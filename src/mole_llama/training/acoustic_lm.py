@@ -8,7 +8,7 @@ speaker column) the first seconds of *another* utterance of the same speaker, dr
 prompts with a reference clip; without, the front of the utterance itself (the VALL-E "continuation" setup: the
 prompt is the codes of the first units, the target the rest). Either way the model never sees the answer inside the
 prompt. Prompts from another utterance teach it to take a voice rather than to continue a recording: on the voice
-no stage trained on, the oracle's WER with a 3-s prompt fell from 0.239 to 0.134, its WER without one (README).
+no stage trained on, the oracle's WER with a 3-s prompt fell from 0.239 to 0.134, level with no prompt (README).
 
 Resuming (`resume_from_checkpoint`) reproduces an uninterrupted run: the prompt cuts are drawn from a seed, the
 epoch and the utterance itself, not from a global random state that a resumed run could not replay.
@@ -52,6 +52,16 @@ def check_acoustic_dataset(dataset, config: AcousticLMConfig) -> None:
         raise ValueError("semantic_units of the first example is empty: drop utterances without units")
 
 
+def check_speaker_column(dataset, speaker_column: str) -> None:
+    """Fail before training when a dataset lacks the speaker column the voice prompts need."""
+    if speaker_column not in dataset.column_names:
+        raise ValueError(
+            f"the dataset has no speaker column {speaker_column!r} (it has {dataset.column_names}): run "
+            f"`mole-llama prepare` with the recipe's data.speaker_column set, so it keeps that column, or set "
+            f"data.speaker_column=null to cut voice prompts off the utterance itself"
+        )
+
+
 class SpeakerPrompts:
     """The utterances of each speaker in a training set, to prompt an utterance with another one of its speaker.
 
@@ -61,20 +71,17 @@ class SpeakerPrompts:
     """
 
     def __init__(self, dataset, speaker_column: str):
-        if speaker_column not in dataset.column_names:
-            raise ValueError(
-                f"the dataset has no speaker column {speaker_column!r} (it has {dataset.column_names}): run "
-                f"`mole-llama prepare` with the recipe's data.speaker_column set, so it keeps that column, or set "
-                f"data.speaker_column=null to cut voice prompts off the utterance itself"
-            )
+        check_speaker_column(dataset, speaker_column)
         self.speaker_column = speaker_column
         self.rows = dataset.select_columns(["semantic_units", "acoustic_codes"])
         self.rows_by_speaker = defaultdict(list)
-        for index, speaker in enumerate(dataset[speaker_column]):
-            self.rows_by_speaker[speaker].append(index)
+        for index, speaker in enumerate(dataset.with_format(None)[speaker_column]):  # plain values: they hash
+            if speaker is not None:  # no speaker named: no prompt from another utterance
+                self.rows_by_speaker[speaker].append(index)
 
     def draw(self, speaker, units: torch.Tensor, rng: random.Random) -> torch.Tensor | None:
-        """The codes of another utterance of `speaker` (None when it has no other one in the set)."""
+        """The codes of another utterance of `speaker`, one whose units differ from `units` (None when it has no
+        other one in the set). It may be shorter than the prompt asked for: then it is the prompt whole."""
         candidates = self.rows_by_speaker.get(speaker, [])
         start = rng.randrange(len(candidates)) if candidates else 0
         for step in range(len(candidates)):  # from a random row on, the first that is not this utterance
@@ -233,11 +240,19 @@ def default_training_arguments(output_dir: str, **overrides) -> TrainingArgument
         save_total_limit=2,
         report_to=[],
         dataloader_num_workers=0,
-        remove_unused_columns=False,  # the collator picks its columns, among them the speaker of `SpeakerPrompts`
+        remove_unused_columns=False,  # the speaker column reaches `SpeakerPrompts` (the trainer keeps what it reads)
         seed=0,
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
+
+
+def _collator_columns(dataset, speaker_column: str | None):
+    """Only the columns the collator reads reach the data loader (no text, no audio to decode per row)."""
+    if dataset.column_names is None:  # a stream of unknown columns: the collator reads what it needs
+        return dataset
+    wanted = [*REQUIRED_COLUMNS, "prompt_codes", *([speaker_column] if speaker_column else [])]
+    return dataset.select_columns([name for name in wanted if name in dataset.column_names])
 
 
 def build_acoustic_lm_trainer(
@@ -250,18 +265,28 @@ def build_acoustic_lm_trainer(
     speaker_column: str | None = None,
 ) -> Trainer:
     """A `Trainer` wired with the collator and its epoch callback (call `.train()` yourself). With
-    `speaker_column`, the default collator prompts each utterance with another one of its speaker."""
+    `speaker_column`, the default collator prompts each utterance with another one of its speaker in the training
+    set (an evaluation utterance too; a speaker the training set lacks is prompted by its utterance's own front)."""
     check_acoustic_dataset(train_dataset, model.config)
     if eval_dataset is not None:
         check_acoustic_dataset(eval_dataset, model.config)
+    if speaker_column is not None:
+        if args.remove_unused_columns:
+            raise ValueError(
+                "voice prompts by speaker need the speaker column in each batch: set remove_unused_columns=False "
+                "(default_training_arguments does)"
+            )
+        for dataset in (train_dataset, eval_dataset):
+            if dataset is not None:
+                check_speaker_column(dataset, speaker_column)
     if collator is None:
         speaker_prompts = None if speaker_column is None else SpeakerPrompts(train_dataset, speaker_column)
         collator = AcousticLMDataCollator(model.config, speaker_prompts=speaker_prompts, seed=args.seed)
     return Trainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=_collator_columns(train_dataset, speaker_column),
+        eval_dataset=None if eval_dataset is None else _collator_columns(eval_dataset, speaker_column),
         data_collator=collator,
         callbacks=[EpochToCollatorCallback(collator), *(callbacks or [])],
     )
@@ -333,6 +358,7 @@ __all__ = [
     "acoustic_lm_accuracy",
     "build_acoustic_lm_trainer",
     "check_acoustic_dataset",
+    "check_speaker_column",
     "default_training_arguments",
     "train_acoustic_lm",
 ]
