@@ -137,17 +137,16 @@ class AcousticLMDataCollator:
         """Maybe give the utterance a voice prompt: (prompt codes, target units, target codes), the prompt None when
         it gets none. The prompt is the front of another utterance of `speaker` when `speaker_prompts` has one,
         else cut off the utterance's own front."""
-        unit_rate = self.config.semantic_unit_rate
-        min_prompt = max(1, round(self.min_prompt_seconds * unit_rate))
-        max_prompt = max(min_prompt, round(self.max_prompt_seconds * unit_rate))
         rng = self._rng(units)
         if self.prompt_probability == 0 or rng.random() >= self.prompt_probability:
             return None, units, codes
         other = None if self.speaker_prompts is None else self.speaker_prompts.draw(speaker, units, rng)
         if other is not None:
-            frames_per_second = self.config.acoustic_frame_rate
             seconds = rng.uniform(self.min_prompt_seconds, self.max_prompt_seconds)
-            return other[:, : max(1, round(seconds * frames_per_second))], units, codes
+            return other[:, : max(1, round(seconds * self.config.acoustic_frame_rate))], units, codes
+        unit_rate = self.config.semantic_unit_rate
+        min_prompt = max(1, round(self.min_prompt_seconds * unit_rate))
+        max_prompt = max(min_prompt, round(self.max_prompt_seconds * unit_rate))
         max_prompt = min(max_prompt, units.numel() - max(1, round(self.min_target_seconds * unit_rate)))
         if max_prompt < min_prompt:
             return None, units, codes
