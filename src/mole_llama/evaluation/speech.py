@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..data.audio import decode_audio, without_audio_decoding
 from ..modeling.modeling_tts_llama import NoSpeechUnitsError
-from .intelligibility import error_rates, transcribe
+from .intelligibility import clipped_sentence_wer, error_rates, transcribe
 
 MIN_REFERENCE_SECONDS = 2.0
 UNIT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50}
@@ -92,14 +92,17 @@ def _heard(waveform, rate: int) -> dict:
 
 
 def _rates(references: list, rows: list) -> dict:
-    """`{"wer", "cer"}` of Whisper's transcripts in `rows`, plus `wer_pocketsphinx`."""
+    """`{"wer", "cer"}` of Whisper's transcripts in `rows`, `wer_clipped` (each sentence's WER capped at 1: one clip
+    that Whisper loops on cannot outweigh the rest), and `wer_pocketsphinx`."""
+    whisper = [row["transcript"] for row in rows]
     pocketsphinx = error_rates(references, [row["transcript_pocketsphinx"] for row in rows])
-    return {**error_rates(references, [row["transcript"] for row in rows]), "wer_pocketsphinx": pocketsphinx["wer"]}
+    return {**error_rates(references, whisper), "wer_clipped": clipped_sentence_wer(references, whisper),
+            "wer_pocketsphinx": pocketsphinx["wer"]}  # fmt: skip
 
 
 def _rates_by_voice(rows: list) -> dict:
-    """`{voice: {"wer", "cer", "wer_pocketsphinx"}, "all": {...}}` over rows holding `voice`, `text` and both
-    transcripts."""
+    """`{voice: {"wer", "cer", "wer_clipped", "wer_pocketsphinx"}, "all": {...}}` over rows holding `voice`, `text`
+    and both transcripts."""
     rates = {}
     for voice in sorted({row["voice"] for row in rows}):
         mine = [row for row in rows if row["voice"] == voice]
