@@ -69,6 +69,23 @@ def test_shipping_new_speech_parts_beside_the_shipped_speech_expert_keeps_it(tmp
     assert (out / "README.md").read_text() == "a card"
 
 
+class UnsaveablePart:
+    def save_pretrained(self, folder):
+        raise OSError("No space left on device")
+
+
+def test_shipping_that_fails_midway_leaves_the_shipped_folder_as_it_was(tmp_path):
+    out = tmp_path / "tts-llama"
+    shutil.copytree(WEIGHTS_DIR / "tts-llama", out)
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    parts = dict.fromkeys(("acoustic_lm", "codec", "duration_predictor", "semantic_tokenizer"), UnsaveablePart())
+    with pytest.raises(OSError, match="No space left"):  # the speech expert is written by then, a part is not
+        ship_speaking_model("tts-llama", "a new card", out / "speech_expert", parts, out_dir=out)
+    after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert after == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tts-llama"]  # nothing half-written left beside it
+
+
 def test_assembled_folder_is_a_complete_speaking_model(folder):
     config = json.loads((folder / "config.json").read_text())
     assert {"AutoModelForCausalLM", "AutoModelForTextToWaveform"} <= set(config["auto_map"])

@@ -190,10 +190,27 @@ def ship_speaking_model(
             )
         experts = {"text_expert": text_expert}
     experts = {folder_name: _read_adapter(Path(adapter)) for folder_name, adapter in experts.items()}
-    out = Path(out_dir or WEIGHTS_DIR / name)
+    final = Path(out_dir or WEIGHTS_DIR / name)
+    out = final.with_name(final.name + ".shipping")  # written beside, swapped in whole: a failure keeps the old one
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    try:
+        _write_shipped(name, out, experts, parts, mole_model, card)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replaced = final.with_name(final.name + ".replaced")
+    if final.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+        final.rename(replaced)
+    out.rename(final)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def _write_shipped(name: str, out: Path, experts: dict, parts: dict | None, mole_model, card: str) -> None:
+    """The files of `ship_speaking_model` into the empty folder `out`."""
     for folder_name, (config_text, tensors) in experts.items():
         (out / folder_name).mkdir()
         (out / folder_name / "adapter_config.json").write_text(config_text)
@@ -207,7 +224,6 @@ def ship_speaking_model(
         settings = {key: getattr(mole_model.config, key) for key in ROUTER_SETTINGS}
         (out / "routers.json").write_text(json.dumps(settings))
     (out / "README.md").write_text(card)
-    return out
 
 
 __all__ = ["MODELS", "WEIGHTS_DIR", "embedded_model_path", "ship_speaking_model"]
