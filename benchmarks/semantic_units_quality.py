@@ -5,10 +5,10 @@
   sentences in one voice (the scale to compare with);
 - with `--speaking-model` (a folder with `acoustic_lm/`, `codec/` and `duration_predictor/`, trained on the
   aligned phones): oracle resynthesis of the aligned phones (collapsed units -> predicted durations -> acoustic
-  LM sampled with a voice prompt -> codec), the same with the recording's own durations (what a perfect duration
-  predictor would give) and with no voice prompt (what continuing the prompt's voice costs), its codec resynthesis
-  and the ground truth, Whisper WER per voice. The acoustic LM's frames are decoded as the speaking model does by
-  default: their expected codebook vectors where the codec can.
+  LM sampled with a voice prompt, with the folder's settings -> codec), the same with the recording's own durations
+  (what a perfect duration predictor would give) and with no voice prompt (what continuing the prompt's voice
+  costs), its codec resynthesis and the ground truth, Whisper WER per voice. The acoustic LM's frames are decoded
+  as the speaking model does by default: their expected codebook vectors where the codec can.
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -18,8 +18,10 @@ no transcript) and forced-aligned phones (the embedded default).
 
 import argparse
 import itertools
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from mole_llama.data.audio import decode_audio, without_audio_decoding
 from mole_llama.evaluation.intelligibility import error_rates, transcribe
 from mole_llama.modeling.configuration_semantic_units import SemanticUnitsConfig
 from mole_llama.modeling.modeling_semantic_units import SemanticUnitsModel
+from mole_llama.modeling.modeling_tts_llama import SPEECH_GENERATION_DEFAULTS
 from mole_llama.modeling.phone_units import TranscriptAlignmentError
 from mole_llama.modeling.speech_units import deduplicate_units
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
@@ -84,6 +87,13 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
     return rows, aligned
 
 
+def acoustic_sampling(folder) -> dict:
+    """The acoustic LM's sampling settings as the speaking model in `folder` uses them (its generation config)."""
+    saved = json.loads((Path(folder) / "generation_config.json").read_text())
+    names = ("temperature", "top_k")
+    return {name: saved.get(f"acoustic_{name}", SPEECH_GENERATION_DEFAULTS[f"acoustic_{name}"]) for name in names}
+
+
 def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
     """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
     durations and with predicted ones (`aligned`: frame-level units per clip), in the voice of a prompt and without
@@ -108,6 +118,7 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
     prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
     # as a saved speaking model decodes by default (`save_tts_model`): the expected codebook vectors where the codec can
     expected = decodes_expected_vectors(codec)
+    sampling = acoustic_sampling(folder)
 
     def speech(output) -> np.ndarray:
         return (codec.decode_expected(output.code_probabilities) if expected else codec.decode(output.codes))[0].numpy()
@@ -125,8 +136,7 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
             acoustic_lm.generate(
                 torch.tensor([frames]),
                 prompt_codes=prompt,
-                temperature=0.4,
-                top_k=10,
+                **sampling,
                 seed=index,
                 return_dict_in_generate=True,
                 output_code_probabilities=expected,
@@ -182,8 +192,10 @@ def main():
         print(f"| {name} | {raw:.1f} | {short:.1f} | {same:.3f} | {across:.3f} | {same / across:.2f} |")
     if args.speaking_model:
         sentences = args.resynthesis_sentences or args.sentences
-        print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled at temperature 0.4, "
-              "top-k 10, 3-s voice prompt; its expected codebook vectors decoded where the codec can)\n")  # fmt: skip
+        sampling = ", ".join(f"{key} {value}" for key, value in acoustic_sampling(args.speaking_model).items())
+        print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled as the speaking model "
+              f"does: {sampling}; 3-s voice prompt; its expected codebook vectors decoded where the codec can)\n"
+              )  # fmt: skip
         table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences)
         names = list(table[0][1])
         print("| voice | " + " | ".join(names) + " | ratio to ground truth (voice prompt, none) |")
