@@ -13,7 +13,7 @@
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
 
-    python benchmarks/semantic_units_quality.py --corpus CORPUS [--sentences 50] [--speaking-model DIR]
+    python benchmarks/semantic_units_quality.py --corpus CORPUS [--sentences 50] [--speaking-model DIR [--draws 4]]
 """
 
 import argparse
@@ -39,6 +39,7 @@ from mole_llama.modeling.speech_units import deduplicate_units
 from mole_llama.training.semantic_tokenizer import fit_semantic_tokenizer
 
 RATE = 16000
+OWN_DURATIONS = "aligned phones, own durations -> acoustic LM"
 PROMPTED = "aligned phones -> predicted durations -> acoustic LM"
 UNPROMPTED = "the same, no voice prompt"
 
@@ -94,10 +95,11 @@ def acoustic_sampling(folder) -> dict:
     return {name: saved.get(f"acoustic_{name}", SPEECH_GENERATION_DEFAULTS[f"acoustic_{name}"]) for name in names}
 
 
-def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int) -> list:
+def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int, draws: int = 1) -> list:
     """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
     durations and with predicted ones (`aligned`: frame-level units per clip), in the voice of a prompt and without
-    one (the acoustic LM's own voice: what the voice prompt costs)."""
+    one (the acoustic LM's own voice: what the voice prompt costs). Each acoustic LM column pools `draws` sampled
+    draws per sentence: one draw moves a sentence's WER more than most changes move a voice's."""
     from mole_llama.modeling.acoustic_codec import decodes_expected_vectors, load_acoustic_codec
     from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
@@ -132,28 +134,23 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         own_frames = aligned[(voice, text)]
         units = deduplicate_units(own_frames)[0]
         predicted_frames = expand_units(units, durations.predict(units))
-        own, predicted, unprompted = (
-            acoustic_lm.generate(
-                torch.tensor([frames]),
-                prompt_codes=prompt,
-                **sampling,
-                seed=index,
-                return_dict_in_generate=True,
-                output_code_probabilities=expected,
-            )
-            for frames, prompt in (
-                (own_frames, prompt_codes[voice]),
-                (predicted_frames, prompt_codes[voice]),
-                (predicted_frames, None),
-            )
-        )
-        for name, audio in (
-            ("ground truth", waveform),
-            ("codec resynthesis", codec.decode(codes)[0].numpy()),
-            ("aligned phones, own durations -> acoustic LM", speech(own)),
-            (PROMPTED, speech(predicted)),
-            (UNPROMPTED, speech(unprompted)),
-        ):
+        made = [("ground truth", waveform), ("codec resynthesis", codec.decode(codes)[0].numpy())]
+        for draw in range(draws):  # the first draw's seed is the clip's index, as with one draw
+            for name, frames, prompt in (
+                (OWN_DURATIONS, own_frames, prompt_codes[voice]),
+                (PROMPTED, predicted_frames, prompt_codes[voice]),
+                (UNPROMPTED, predicted_frames, None),
+            ):
+                output = acoustic_lm.generate(
+                    torch.tensor([frames]),
+                    prompt_codes=prompt,
+                    **sampling,
+                    seed=index + draw * len(clips),
+                    return_dict_in_generate=True,
+                    output_code_probabilities=expected,
+                )
+                made.append((name, speech(output)))
+        for name, audio in made:
             heard[voice][name].append((text, transcribe(np.asarray(audio, dtype=np.float32), RATE)))
     rows = []
     for voice, columns in sorted(heard.items()):
@@ -171,7 +168,10 @@ def main():
     parser.add_argument("--kmeans-clips", type=int, default=300, help="training clips the log-mel k-means sees")
     parser.add_argument("--speaking-model", help="folder with acoustic_lm/, codec/, duration_predictor/")
     parser.add_argument("--resynthesis-sentences", type=int, help="score resynthesis on the first N sentences only")
+    parser.add_argument("--draws", type=int, default=1, help="acoustic LM draws per sentence, pooled in its WER")
     args = parser.parse_args()
+    if args.draws < 1:
+        parser.error(f"--draws {args.draws}: give 1 or more draws per sentence")
     torch.set_num_threads(1)
     clips = held_out_clips(args.corpus, args.sentences)
     train = load_from_disk(args.corpus)["train"].select(range(args.kmeans_clips))
@@ -194,9 +194,9 @@ def main():
         sentences = args.resynthesis_sentences or args.sentences
         sampling = ", ".join(f"{key} {value}" for key, value in acoustic_sampling(args.speaking_model).items())
         print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled as the speaking model "
-              f"does: {sampling}; 3-s voice prompt; its expected codebook vectors decoded where the codec can)\n"
-              )  # fmt: skip
-        table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences)
+              f"does: {sampling}; 3-s voice prompt; its expected codebook vectors decoded where the codec can; "
+              f"{args.draws} draw(s) per sentence pooled)\n")  # fmt: skip
+        table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences, args.draws)
         names = list(table[0][1])
         print("| voice | " + " | ".join(names) + " | ratio to ground truth (voice prompt, none) |")
         print("|---|" + "---:|" * (len(names) + 1))
