@@ -8,7 +8,7 @@
   LM sampled with a voice prompt, with the folder's settings -> codec), the same with the recording's own durations
   (what a perfect duration predictor would give) and with no voice prompt (what continuing the prompt's voice
   costs), its codec resynthesis and the ground truth, Whisper WER per voice. The acoustic LM's frames are decoded
-  as the speaking model does by default: their expected codebook vectors where the codec can.
+  as the speaking model decodes them (by default, their expected codebook vectors where the codec can).
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -88,10 +88,14 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
     return rows, aligned
 
 
-def acoustic_sampling(folder) -> dict:
-    """The acoustic LM's sampling settings as the speaking model in `folder` uses them (its generation config)."""
-    saved = json.loads((Path(folder) / "generation_config.json").read_text())
-    names = ("temperature", "top_k")
+def saved_generation_settings(folder) -> dict:
+    """The generation settings the speaking model in `folder` speaks with (its generation_config.json)."""
+    return json.loads((Path(folder) / "generation_config.json").read_text())
+
+
+def acoustic_sampling(saved: dict) -> dict:
+    """The acoustic LM's sampling settings among `saved` ones, else the speaking model's defaults."""
+    names = ("temperature", "top_k", "do_sample")
     return {name: saved.get(f"acoustic_{name}", SPEECH_GENERATION_DEFAULTS[f"acoustic_{name}"]) for name in names}
 
 
@@ -118,9 +122,10 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         if voice not in prompts:
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
     prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
-    # as a saved speaking model decodes by default (`save_tts_model`): the expected codebook vectors where the codec can
-    expected = decodes_expected_vectors(codec)
-    sampling = acoustic_sampling(folder)
+    # as the speaking model decodes: its setting, else (`save_tts_model`'s default) expected vectors where the codec can
+    saved = saved_generation_settings(folder)
+    expected = saved.get("acoustic_expected_decoding", decodes_expected_vectors(codec))
+    sampling = acoustic_sampling(saved)
 
     def speech(output) -> np.ndarray:
         return (codec.decode_expected(output.code_probabilities) if expected else codec.decode(output.codes))[0].numpy()
@@ -192,9 +197,10 @@ def main():
         print(f"| {name} | {raw:.1f} | {short:.1f} | {same:.3f} | {across:.3f} | {same / across:.2f} |")
     if args.speaking_model:
         sentences = args.resynthesis_sentences or args.sentences
-        sampling = ", ".join(f"{key} {value}" for key, value in acoustic_sampling(args.speaking_model).items())
+        sampling = acoustic_sampling(saved_generation_settings(args.speaking_model))
+        sampling = ", ".join(f"{key} {value}" for key, value in sampling.items())
         print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled as the speaking model "
-              f"does: {sampling}; 3-s voice prompt; its expected codebook vectors decoded where the codec can; "
+              f"does: {sampling}; 3-s voice prompt; decoded as it decodes; "
               f"{args.draws} draw(s) per sentence pooled)\n")  # fmt: skip
         table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences, args.draws)
         names = list(table[0][1])
