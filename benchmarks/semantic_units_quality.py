@@ -8,7 +8,7 @@
   LM sampled with a voice prompt, with the folder's settings -> codec), the same with the recording's own durations
   (what a perfect duration predictor would give) and with no voice prompt (what continuing the prompt's voice
   costs), its codec resynthesis and the ground truth, Whisper WER per voice. The acoustic LM's frames are decoded
-  as the speaking model decodes them (by default, their expected codebook vectors where the codec can).
+  as the speaking model decodes them (the embedded models: their expected codebook vectors).
 
 Units compared: log-mel k-means (K=1024, fitted here on training clips), phone recognition (pocketsphinx allphone,
 no transcript) and forced-aligned phones (the embedded default).
@@ -42,6 +42,7 @@ RATE = 16000
 OWN_DURATIONS = "aligned phones, own durations -> acoustic LM"
 PROMPTED = "aligned phones -> predicted durations -> acoustic LM"
 UNPROMPTED = "the same, no voice prompt"
+ACOUSTIC_SETTINGS = ("acoustic_temperature", "acoustic_top_k", "acoustic_do_sample", "acoustic_expected_decoding")
 
 
 def held_out_clips(corpus, sentences: int) -> dict:
@@ -88,23 +89,20 @@ def unit_table(tokenizers: dict, clips: dict) -> tuple:
     return rows, aligned
 
 
-def saved_generation_settings(folder) -> dict:
-    """The generation settings the speaking model in `folder` speaks with (its generation_config.json)."""
-    return json.loads((Path(folder) / "generation_config.json").read_text())
+def acoustic_settings(folder) -> dict:
+    """How the speaking model in `folder` samples and decodes its acoustic LM, resolved as its `speech_setting`
+    does: its generation_config.json's value, else the default."""
+    saved = json.loads((Path(folder) / "generation_config.json").read_text())
+    return {name: saved.get(name, SPEECH_GENERATION_DEFAULTS[name]) for name in ACOUSTIC_SETTINGS}
 
 
-def acoustic_sampling(saved: dict) -> dict:
-    """The acoustic LM's sampling settings among `saved` ones, else the speaking model's defaults."""
-    names = ("temperature", "top_k", "do_sample")
-    return {name: saved.get(f"acoustic_{name}", SPEECH_GENERATION_DEFAULTS[f"acoustic_{name}"]) for name in names}
-
-
-def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int, draws: int = 1) -> list:
+def resynthesis_table(folder, settings: dict, clips: dict, aligned: dict, corpus, sentences: int, draws: int) -> list:
     """Whisper WER per voice: ground truth, codec resynthesis, aligned phones through the acoustic LM with their own
     durations and with predicted ones (`aligned`: frame-level units per clip), in the voice of a prompt and without
-    one (the acoustic LM's own voice: what the voice prompt costs). Each acoustic LM column pools `draws` sampled
-    draws per sentence: one draw moves a sentence's WER more than most changes move a voice's."""
-    from mole_llama.modeling.acoustic_codec import decodes_expected_vectors, load_acoustic_codec
+    one (the acoustic LM's own voice: what the voice prompt costs), sampled and decoded with `settings`
+    (`acoustic_settings`). Each acoustic LM column pools `draws` sampled draws per sentence: one draw moves a
+    sentence's WER more than most changes move a voice's."""
+    from mole_llama.modeling.acoustic_codec import load_acoustic_codec
     from mole_llama.modeling.modeling_acoustic_lm import AcousticLMForConditionalGeneration
     from mole_llama.modeling.modeling_duration_predictor import DurationPredictorModel
     from mole_llama.modeling.speech_units import expand_units
@@ -122,10 +120,8 @@ def resynthesis_table(folder, clips: dict, aligned: dict, corpus, sentences: int
         if voice not in prompts:
             prompts[voice] = clips[(voice, texts[-1] if text != texts[-1] else texts[0])]
     prompt_codes = {voice: codec.encode(torch.from_numpy(clip[: 3 * RATE])[None]) for voice, clip in prompts.items()}
-    # as the speaking model decodes: its setting, else (`save_tts_model`'s default) expected vectors where the codec can
-    saved = saved_generation_settings(folder)
-    expected = saved.get("acoustic_expected_decoding", decodes_expected_vectors(codec))
-    sampling = acoustic_sampling(saved)
+    expected = settings["acoustic_expected_decoding"]
+    sampling = {name: settings[f"acoustic_{name}"] for name in ("temperature", "top_k", "do_sample")}
 
     def speech(output) -> np.ndarray:
         return (codec.decode_expected(output.code_probabilities) if expected else codec.decode(output.codes))[0].numpy()
@@ -197,12 +193,11 @@ def main():
         print(f"| {name} | {raw:.1f} | {short:.1f} | {same:.3f} | {across:.3f} | {same / across:.2f} |")
     if args.speaking_model:
         sentences = args.resynthesis_sentences or args.sentences
-        sampling = acoustic_sampling(saved_generation_settings(args.speaking_model))
-        sampling = ", ".join(f"{key} {value}" for key, value in sampling.items())
-        print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (acoustic LM sampled as the speaking model "
-              f"does: {sampling}; 3-s voice prompt; decoded as it decodes; "
-              f"{args.draws} draw(s) per sentence pooled)\n")  # fmt: skip
-        table = resynthesis_table(args.speaking_model, clips, aligned, args.corpus, sentences, args.draws)
+        settings = acoustic_settings(args.speaking_model)
+        shown = ", ".join(f"{name} {value}" for name, value in settings.items())
+        print(f"\nWhisper tiny.en WER per voice, {sentences} sentences (the acoustic LM as the speaking model runs "
+              f"it: {shown}; 3-s voice prompt; {args.draws} draw(s) per sentence pooled)\n")  # fmt: skip
+        table = resynthesis_table(args.speaking_model, settings, clips, aligned, args.corpus, sentences, args.draws)
         names = list(table[0][1])
         print("| voice | " + " | ".join(names) + " | ratio to ground truth (voice prompt, none) |")
         print("|---|" + "---:|" * (len(names) + 1))
